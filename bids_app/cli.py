@@ -1,0 +1,5 @@
+"""Placeholder replaced by the CLI implementation."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    return 0
