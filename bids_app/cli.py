@@ -1,5 +1,595 @@
-"""Placeholder replaced by the CLI implementation."""
+"""The ``mmreg`` command line (the BIDS-App contract in ``ARCHITECTURE.md``).
+
+Three forms share one entry point::
+
+    mmreg BIDS_DIR OUTPUT_DIR {participant,group} [options]
+    mmreg demo --out DIR [options]
+    mmreg train ...
+
+The first word decides the parser, because argparse cannot mix a positional
+form with subcommands. This module only parses, validates and builds the
+:class:`~mmreg.bids_app.config.Config` and pair list; running is
+:mod:`mmreg.bids_app.run`'s job (imported lazily, so ``--help`` and
+``--version`` stay fast).
+
+Exit codes: 0 ok, 64 bad usage, 66 input folder missing, 16 input not BIDS,
+18 filters selected no files, 65 some pairs failed, 70 internal error,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import mmreg
+from mmreg.bids_app.config import (
+    DEVICES,
+    PREALIGN_MODES,
+    WORKERS,
+    Config,
+    usable_cpus,
+)
+from mmreg.errors import MmregError, UsageError
+
+EXIT_OK = 0
+EXIT_USAGE = 64
+EXIT_NO_INPUT = 66
+EXIT_NOT_BIDS = 16
+EXIT_NO_MATCH = 18
+EXIT_SOME_FAILED = 65
+EXIT_SOFTWARE = 70
+EXIT_INTERRUPTED = 130
+
+#: Used when ``mmreg.methods`` cannot be imported yet.
+# TODO(lead): drop the fallback once mmreg.methods.available_methods() is merged.
+FALLBACK_METHODS = (
+    "identity",
+    "ants-rigid",
+    "ants-affine",
+    "ants-syn",
+    "sitk-rigid",
+    "sitk-affine",
+)
+#: The default when --methods is not given (unless mmreg.methods sets DEFAULT_METHODS).
+# TODO(lead): pick the default learned method here once one ships with weights.
+DEFAULT_METHODS = ("ants-affine",)
+
+SUBCOMMANDS = ("demo", "train")
+LOG = logging.getLogger("mmreg.bids_app.cli")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return 0
+def _exit_code(error: MmregError) -> int:
+    """The contract's exit code for an error, by class (most specific first)."""
+    from mmreg.bids_app import query
+
+    # Lazy: query imports pybids-adjacent code; the mapping is only needed on failure.
+    codes: dict[type[MmregError], int] = {
+        query.InputDirMissingError: EXIT_NO_INPUT,
+        query.NotBidsError: EXIT_NOT_BIDS,
+        query.NoMatchError: EXIT_NO_MATCH,
+        UsageError: EXIT_USAGE,
+    }
+    for cls in type(error).__mro__:
+        code = getattr(cls, "exit_code", None)
+        if isinstance(code, int):
+            return code
+        if cls in codes:
+            return codes[cls]
+    return 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors raised (exit 64 in :func:`main`), not ``sys.exit(2)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+class _Exit(Exception):
+    """``--help``/``--version`` finished; carries the exit status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _no_exit(parser: argparse.ArgumentParser) -> None:
+    def exit_(status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise _Exit(status)
+
+    parser.exit = exit_  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------------------------------
+# Value checks used as argparse types (argparse turns ValueError/ArgumentTypeError into 64)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _angle(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 180:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 180 degrees, got {text}")
+    return value
+
+
+def available_methods() -> list[str]:
+    """Method names known to the registry (or the fallback list while it is missing)."""
+    try:
+        from mmreg.methods import available_methods as registry
+    except ImportError:
+        return list(FALLBACK_METHODS)
+    # An empty registry means the implementations are not registered yet (work in progress).
+    return list(registry()) or list(FALLBACK_METHODS)
+
+
+def default_methods() -> tuple[str, ...]:
+    """``mmreg.methods.DEFAULT_METHODS`` when the registry defines it, else ours."""
+    try:
+        from mmreg import methods
+    except ImportError:
+        return DEFAULT_METHODS
+    return tuple(getattr(methods, "DEFAULT_METHODS", DEFAULT_METHODS))
+
+
+def parse_methods(specs: Sequence[str] | None) -> tuple[str, ...]:
+    """``["a,b+c", "d"]`` -> ``("a", "b+c", "d")``, each name checked against the registry.
+
+    ``A+B`` chains: A's transform initialises B. Duplicates are dropped, order kept.
+
+    Raises:
+        UsageError: On an empty or unknown method name.
+    """
+    if not specs:
+        return default_methods()
+    known = available_methods()
+    out: list[str] = []
+    for spec in specs:
+        for chain in (c.strip() for c in spec.split(",")):
+            if not chain:
+                continue
+            steps = [s.strip() for s in chain.split("+")]
+            for step in steps:
+                if step not in known:
+                    raise UsageError(
+                        f"--methods: unknown method {step!r}; available: {', '.join(known)}"
+                    )
+            name = "+".join(steps)
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise UsageError("--methods: no method given")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("execution")
+    group.add_argument(
+        "--worker",
+        choices=WORKERS,
+        default="cf",
+        help="Pydra worker: debug (serial, in process), cf (local processes), "
+        "slurm (one job per task) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--nprocs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="parallel tasks for the cf worker (default: usable CPUs)",
+    )
+    group.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where learned methods run; results do not depend on it (default: %(default)s)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more messages; -vv adds third-party debug output",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The BIDS-App parser: ``mmreg BIDS_DIR OUTPUT_DIR {participant,group} ...``."""
+    parser = _Parser(
+        prog="mmreg",
+        description="Cross-modality registration of medical images (BIDS-App). "
+        "Other forms: 'mmreg demo --out DIR' (generated data, end to end), "
+        "'mmreg train ...' (fit a learned method).",
+        epilog="Exit codes: 0 ok, 64 bad usage, 66 input folder missing, 16 input is not "
+        "BIDS, 18 the filters selected no files, 65 some pairs failed.",
+    )
+    parser.add_argument("--version", action="version", version=f"mmreg {mmreg.__version__}")
+    parser.add_argument("bids_dir", type=Path, metavar="BIDS_DIR", help="input BIDS dataset")
+    parser.add_argument(
+        "output_dir",
+        type=Path,
+        metavar="OUTPUT_DIR",
+        help="output derivatives folder (inside BIDS_DIR only under "
+        "derivatives/, e.g. BIDS_DIR/derivatives/mmreg)",
+    )
+    parser.add_argument(
+        "analysis_level",
+        choices=("participant", "group"),
+        help="participant: register and evaluate each pair; "
+        "group: aggregate participant results and write the report",
+    )
+
+    sel = parser.add_argument_group("selecting images")
+    sel.add_argument(
+        "--participant-label",
+        "--participant_label",
+        dest="participant_label",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="L",
+        help="subject labels, with or without 'sub-' (default: all)",
+    )
+    sel.add_argument(
+        "--fixed",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="ENTITY=VALUE",
+        help="filter selecting the fixed image, with BIDS keys (suffix, acq, ses, "
+        "run, ce, datatype, ...); any suffix, also non-BIDS ones such as US "
+        "or DXA; without suffix= the suffix stays T1w (default: suffix=T1w)",
+    )
+    sel.add_argument(
+        "--moving",
+        nargs="+",
+        action="append",
+        default=None,
+        metavar="ENTITY=VALUE",
+        help="filter selecting moving images; repeat --moving for several "
+        "modalities, each giving its own pairs; without suffix= the suffix "
+        "stays T2w (default: suffix=T2w)",
+    )
+    sel.add_argument(
+        "--ground-truth",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="ground-truth derivatives (dseg label maps, landmark TSVs) "
+        "(default: BIDS_DIR/derivatives/ground-truth when present)",
+    )
+    sel.add_argument(
+        "--max-pairs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="register only the first N pairs (quick checks)",
+    )
+
+    reg = parser.add_argument_group("registration")
+    reg.add_argument(
+        "--methods",
+        action="append",
+        default=None,
+        metavar="NAME,NAME,...",
+        help="methods, comma separated; A+B chains initialise B with A's "
+        f"transform (default: {','.join(DEFAULT_METHODS)})",
+    )
+    reg.add_argument(
+        "--random-seed",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help="seed for every method (default: %(default)s)",
+    )
+    reg.add_argument(
+        "--resolution",
+        type=_positive_float,
+        default=2.0,
+        metavar="MM",
+        help="isotropic working resolution in mm (default: %(default)s)",
+    )
+    reg.add_argument(
+        "--prealign",
+        choices=PREALIGN_MODES,
+        default="com",
+        help="initial alignment: none, com (centres of mass), moments "
+        "(principal axes) (default: %(default)s)",
+    )
+    reg.add_argument(
+        "--mask",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="restrict registration to a foreground mask (default: off)",
+    )
+
+    parser.add_argument(
+        "--work-dir",
+        "-w",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="cache of intermediate results; reruns reuse it (default: OUTPUT_DIR/work)",
+    )
+    _add_engine_options(parser)
+    _no_exit(parser)
+    return parser
+
+
+def build_demo_parser() -> argparse.ArgumentParser:
+    """``mmreg demo --out DIR ...``."""
+    parser = _Parser(
+        prog="mmreg demo",
+        description="Generate a small BIDS dataset with ground truth in DIR/bids, then run "
+        "the participant and group levels into DIR/bids/derivatives/mmreg.",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder for the demo dataset and results",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=("brain", "wholebody"),
+        default="brain",
+        help="kind of generated data (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--subjects",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="number of subjects (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help="seed of the data generator and the methods (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--methods",
+        action="append",
+        default=None,
+        metavar="NAME,NAME,...",
+        help=f"methods to run (default: {','.join(DEFAULT_METHODS)})",
+    )
+    parser.add_argument(
+        "--max-rotation",
+        type=_angle,
+        default=20.0,
+        metavar="DEG",
+        help="largest simulated misalignment rotation (default: %(default)s)",
+    )
+    _add_engine_options(parser)
+    _no_exit(parser)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks that need the file system
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or path.is_relative_to(folder)
+
+
+def check_output_location(bids_dir: Path, output_dir: Path, *, option: str = "OUTPUT_DIR") -> None:
+    """Outputs may go inside BIDS_DIR only below ``BIDS_DIR/derivatives/<name>``.
+
+    Raises:
+        UsageError: For OUTPUT_DIR (or the work dir) equal to BIDS_DIR,
+            elsewhere inside it, or equal to ``derivatives/`` itself.
+    """
+    bids = bids_dir.resolve()
+    out = output_dir.resolve()
+    derivatives = bids / "derivatives"
+    if _inside(out, bids) and not (out != derivatives and _inside(out, derivatives)):
+        raise UsageError(
+            f"{option} {output_dir} is inside BIDS_DIR; use a folder outside it or below "
+            f"{derivatives} (e.g. {derivatives / 'mmreg'})"
+        )
+    if _inside(bids, out):
+        raise UsageError(f"{option} {output_dir} contains BIDS_DIR; choose another folder")
+
+
+def _check_device(device: str) -> None:
+    if device != "cuda":
+        return
+    try:
+        import torch
+    except ImportError:
+        raise UsageError("--device cuda: PyTorch is not installed") from None
+    if not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available (use --device auto)")
+
+
+def _check_worker(worker: str) -> None:
+    if worker == "slurm":
+        lacking = [tool for tool in ("sbatch", "sacct") if shutil.which(tool) is None]
+        if lacking:
+            raise UsageError(f"--worker slurm: {', '.join(lacking)} not found on PATH")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Validate the parsed arguments against the file system and build the Config.
+
+    Raises:
+        InputDirMissingError: BIDS_DIR or --ground-truth missing (66).
+        NotBidsError: BIDS_DIR without dataset_description.json (16).
+        UsageError: Anything else wrong with the arguments (64).
+    """
+    from mmreg.bids_app import query
+
+    bids_dir = query.check_bids_dir(args.bids_dir).resolve()
+    output_dir = args.output_dir.resolve()
+    check_output_location(bids_dir, output_dir)
+    work_dir = (args.work_dir or output_dir / "work").resolve()
+    check_output_location(bids_dir, work_dir, option="--work-dir")
+    if args.ground_truth is not None:
+        ground_truth: Path | None = args.ground_truth.resolve()
+        if not ground_truth.is_dir():
+            raise query.InputDirMissingError(f"ground-truth folder not found: {ground_truth}")
+    else:
+        default_gt = bids_dir / "derivatives" / "ground-truth"
+        ground_truth = default_gt if default_gt.is_dir() else None
+    fixed = query.parse_filter(args.fixed, option="--fixed") if args.fixed else None
+    moving = (
+        [query.parse_filter(m, option="--moving") for m in args.moving] if args.moving else None
+    )
+    _check_worker(args.worker)
+    _check_device(args.device)
+    extra = {}
+    if fixed is not None:
+        extra["fixed"] = fixed
+    if moving is not None:
+        # Two identical --moving filters would only duplicate pairs.
+        extra["moving"] = tuple({repr(sorted(m.items())): m for m in moving}.values())
+    return Config(
+        bids_dir=str(bids_dir),
+        output_dir=str(output_dir),
+        analysis_level=args.analysis_level,
+        participant_labels=query.normalize_participant_labels(args.participant_label),
+        ground_truth=str(ground_truth) if ground_truth else None,
+        methods=parse_methods(args.methods),
+        work_dir=str(work_dir),
+        worker=args.worker,
+        nprocs=args.nprocs or usable_cpus(),
+        random_seed=args.random_seed,
+        device=args.device,
+        resolution=args.resolution,
+        prealign=args.prealign,
+        mask=args.mask,
+        max_pairs=args.max_pairs,
+        verbose=args.verbose,
+        **extra,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _setup_logging(verbose: int) -> None:
+    from mmreg.bids_app.logs import setup_logging
+
+    setup_logging(None, verbose=verbose)
+
+
+def _main_bids_app(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    config = config_from_args(args)
+    from mmreg.bids_app import run
+
+    if config.analysis_level == "group":
+        return run.run_group(config)
+    from mmreg.bids_app.query import find_pairs
+
+    pairs, missing = find_pairs(config)
+    return run.run_participant(config, pairs, missing)
+
+
+def _main_demo(argv: Sequence[str]) -> int:
+    args = build_demo_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    out = args.out.resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder")
+    methods = parse_methods(args.methods)
+    _check_worker(args.worker)
+    _check_device(args.device)
+    from mmreg.bids_app import run
+
+    return run.run_demo(
+        out=out,
+        dataset=args.dataset,
+        subjects=args.subjects,
+        seed=args.seed,
+        methods=methods,
+        max_rotation=args.max_rotation,
+        worker=args.worker,
+        nprocs=args.nprocs or usable_cpus(),
+        device=args.device,
+        verbose=args.verbose,
+    )
+
+
+def _main_train(argv: Sequence[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(
+            "usage: mmreg train METHOD ...\n\nFit a learned registration method on a BIDS "
+            "dataset. No learned method is available in this version yet."
+        )
+        return EXIT_OK
+    raise UsageError("train: no learned method is available yet")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (never raises for expected errors)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = sum(a.count("v") for a in argv if a.startswith("-v") and set(a[1:]) == {"v"})
+    verbose += argv.count("--verbose")
+    try:
+        if argv and argv[0] == "demo":
+            return _main_demo(argv[1:])
+        if argv and argv[0] == "train":
+            return _main_train(argv[1:])
+        return _main_bids_app(argv)
+    except _Exit as done:
+        return done.status
+    except MmregError as error:
+        print(f"mmreg: error: {error}", file=sys.stderr)
+        return _exit_code(error)
+    except KeyboardInterrupt:
+        print("mmreg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # a bug: one line unless -v asked for details
+        if verbose:
+            raise
+        message = " ".join(str(error).split())[:300]
+        print(
+            f"mmreg: error: internal error ({type(error).__name__}: {message}); "
+            "rerun with -v for the traceback",
+            file=sys.stderr,
+        )
+        return EXIT_SOFTWARE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

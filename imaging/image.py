@@ -119,6 +119,20 @@ class Image:
         return img
 
 
+def _is_broken_gzip(path: Path) -> bool:
+    """True for a gzip file whose stream is cut short or damaged."""
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return False
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    except (OSError, EOFError, zlib.error):
+        return True
+    return False
+
+
 def _fail(path: Path, reason: str) -> InputError:
     return InputError(f"{path.name}: {reason}")
 
@@ -155,6 +169,8 @@ def load_image(
     try:
         img = nib.load(str(path))
     except nib.filebasedimages.ImageFileError:
+        if _is_broken_gzip(path):
+            raise _fail(path, "corrupt or truncated file (gzip stream ends early)") from None
         raise _fail(path, "not a NIfTI image (unrecognised file format)") from None
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
         raise _fail(path, f"corrupt or truncated file ({type(exc).__name__})") from None
@@ -196,6 +212,12 @@ def load_image(
 
 def check_registrable(data: npt.NDArray, *, name: str) -> None:
     """Raise :class:`InputError` if ``data`` cannot be registered."""
+    small = [s for s in data.shape if s < MIN_VOXELS_PER_AXIS]
+    if small:
+        raise InputError(
+            f"{name}: image too small to register (shape {tuple(data.shape)}; "
+            f"need at least {MIN_VOXELS_PER_AXIS} voxels along each axis)"
+        )
     finite = np.isfinite(data)
     if not finite.all():
         n_bad = int(data.size - finite.sum())
@@ -203,12 +225,6 @@ def check_registrable(data: npt.NDArray, *, name: str) -> None:
     if data.size == 0 or float(data.max()) == float(data.min()):
         value = float(data.flat[0]) if data.size else float("nan")
         raise InputError(f"{name}: image is constant (all voxels = {value:g})")
-    small = [s for s in data.shape if s < MIN_VOXELS_PER_AXIS]
-    if small:
-        raise InputError(
-            f"{name}: image too small to register (shape {tuple(data.shape)}; "
-            f"need at least {MIN_VOXELS_PER_AXIS} voxels along each axis)"
-        )
 
 
 def load_labels(path: PathLike, *, ndim: int | None = None) -> Image:

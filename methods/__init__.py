@@ -1,0 +1,45 @@
+"""Registration methods behind one interface (see :mod:`mmreg.methods.base`).
+
+Importing this package registers the classical baselines (``identity``,
+``ants-rigid``, ``ants-affine``, ``ants-syn``, ``sitk-rigid``, ``sitk-affine``);
+antspyx itself is imported only when an ANTs method runs.
+
+Example:
+    >>> from mmreg.methods import available_methods, parse_methods
+    >>> "ants-affine" in available_methods()
+    True
+    >>> parse_methods("identity, sitk-rigid+ants-affine")
+    ['identity', 'sitk-rigid+ants-affine']
+"""
+
+from __future__ import annotations
+
+from mmreg.methods import ants as _ants  # noqa: F401  (registers ants-*)
+from mmreg.methods import identity as _identity  # noqa: F401  (registers identity)
+from mmreg.methods import sitk as _sitk  # noqa: F401  (registers sitk-*)
+from mmreg.methods.base import BaseMethod, Method, RegistrationResult
+from mmreg.methods.chain import ChainMethod, run_chain
+from mmreg.methods.registry import (
+    available_methods,
+    get_method,
+    parse_methods,
+    register_factory,
+    register_lazy,
+    register_method,
+    split_chain,
+)
+
+__all__ = [
+    "BaseMethod",
+    "ChainMethod",
+    "Method",
+    "RegistrationResult",
+    "available_methods",
+    "get_method",
+    "parse_methods",
+    "register_factory",
+    "register_lazy",
+    "register_method",
+    "run_chain",
+    "split_chain",
+]

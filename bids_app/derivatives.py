@@ -1,0 +1,182 @@
+"""The one step that writes participant-level derivatives.
+
+Workflow tasks only write into their own cache folders; after the workflow
+returns, this module copies each result into the BIDS derivatives layout of
+the contract (warped image, transform, JSON sidecars, per-subject CSV). Every
+file is written under a temporary name and renamed into place, so a reader
+(or a killed run) never sees a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import mmreg
+from mmreg.atomic import atomic_copy, atomic_path, atomic_write_text
+from mmreg.bids_app import naming
+
+#: Contract columns, in order; per-label and extra columns follow.
+CONTRACT_COLUMNS = (
+    "subject",
+    "session",
+    "fixed",
+    "moving",
+    "method",
+    "status",
+    "error",
+    "runtime_s",
+    "initial_dice_mean",
+    "dice_mean",
+    "hd95_mean_mm",
+    "initial_tre_mean_mm",
+    "tre_mean_mm",
+    "neg_jacobian_pct",
+)
+
+#: Things BIDS cannot express inside a derivatives dataset.
+BIDSIGNORE = ("logs/", "work/", "group/", "*_evaluation.csv", "*_desc-keypoints*.tsv")
+
+
+def write_dataset_description(output_dir: Path, *, source: Path | None = None) -> Path:
+    """``dataset_description.json`` of the derivatives dataset (and ``.bidsignore``)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    description: dict[str, Any] = {
+        "Name": "mmreg: cross-modality registration",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [
+            {
+                "Name": "mmreg",
+                "Version": mmreg.__version__,
+                "Description": "Cross-modality registration with learned and classical methods",
+                "CodeURL": "https://github.com/mmreg/mmreg",
+            }
+        ],
+    }
+    if source is not None:
+        # naming.bids_uri writes "bids:raw:<path>" links; this resolves them.
+        uri = source.resolve().as_uri()
+        description["SourceDatasets"] = [{"URL": uri}]
+        description["DatasetLinks"] = {"raw": uri}
+    path = atomic_write_text(
+        output_dir / "dataset_description.json", json.dumps(description, indent=2) + "\n"
+    )
+    ignore = output_dir / ".bidsignore"
+    existing = ignore.read_text().splitlines() if ignore.exists() else []
+    lines = existing + [p for p in BIDSIGNORE if p not in existing]
+    atomic_write_text(ignore, "\n".join(lines) + "\n")
+    return path
+
+
+def _entities(pair: dict[str, Any]) -> dict[str, str | None]:
+    return {"subject": pair["subject"], "session": pair.get("session")}
+
+
+def write_pair_outputs(
+    output_dir: Path,
+    pair: dict[str, Any],
+    row: dict[str, Any],
+) -> dict[str, Any]:
+    """Copy one (pair, method) result into the derivatives dataset.
+
+    Returns:
+        The row with ``warped`` and ``transform`` set to the derivative paths
+        (relative to ``output_dir``); unchanged for a failed row.
+    """
+    if row.get("status") != "ok" or not row.get("_warped"):
+        return row
+    fixed, moving = pair["fixed_label"], pair["moving_label"]
+    folder = output_dir / naming.subject_dir(pair["subject"], pair.get("session"))
+    warped = folder / naming.warped_name(
+        pair["subject"], pair.get("session"), fixed, moving, row["method"]
+    )
+    ext = Path(row["_transform"]).suffix.lstrip(".")
+    xfm = folder / naming.xfm_name(
+        pair["subject"], pair.get("session"), fixed, moving, row["method"], ext
+    )
+    atomic_copy(row["_warped"], warped)
+    atomic_copy(row["_transform"], xfm)
+    source = [
+        naming.bids_uri(pair["moving"], pair.get("bids_dir")),
+        naming.bids_uri(pair["fixed"], pair.get("bids_dir")),
+    ]
+    common = {"Method": row["method"], "GeneratedBy": f"mmreg {mmreg.__version__}"}
+    warped_meta = {
+        "SpatialReference": naming.bids_uri(pair["fixed"], pair.get("bids_dir")),
+        "Sources": [*source, xfm.relative_to(output_dir).as_posix()],
+        "Description": f"{moving} image resampled onto the {fixed} image's grid",
+        **common,
+    }
+    xfm_meta = {
+        "Sources": source,
+        "Description": (
+            f"Maps {fixed}-space points to {moving}-space points (ITK convention, LPS); "
+            f"apply it to resample the {moving} image onto the {fixed} grid"
+        ),
+        "FromFile": naming.bids_uri(pair["moving"], pair.get("bids_dir")),
+        "ToFile": naming.bids_uri(pair["fixed"], pair.get("bids_dir")),
+        "Linear": ext in ("txt", "mat"),
+        **common,
+    }
+    atomic_write_text(_sidecar(warped), json.dumps(warped_meta, indent=2) + "\n")
+    atomic_write_text(_sidecar(xfm), json.dumps(xfm_meta, indent=2) + "\n")
+    return {
+        **row,
+        "warped": warped.relative_to(output_dir).as_posix(),
+        "transform": xfm.relative_to(output_dir).as_posix(),
+    }
+
+
+def _sidecar(path: Path) -> Path:
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".txt", ".h5", ".mat"):
+        if name.endswith(ext):
+            return path.with_name(name[: -len(ext)] + ".json")
+    return path.with_suffix(".json")
+
+
+def order_columns(columns: Iterable[str]) -> list[str]:
+    """Contract columns first, then per-label Dice, then everything else (sorted)."""
+    columns = list(dict.fromkeys(columns))
+    head = [c for c in CONTRACT_COLUMNS]
+    dice = sorted(c for c in columns if c.startswith("dice_") and c not in head)
+    rest = sorted(c for c in columns if c not in head and c not in dice)
+    return head + dice + rest
+
+
+def public_row(pair: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row: pair identity + metrics, private (``_``) entries dropped."""
+    out = {
+        "subject": pair["subject"],
+        "session": pair.get("session") or "",
+        "fixed": pair["fixed_label"],
+        "moving": pair["moving_label"],
+        "fixed_image": str(pair.get("fixed", "")),
+        "moving_image": str(pair.get("moving", "")),
+    }
+    for key, value in row.items():
+        if key.startswith("_") or key == "extras":
+            continue
+        out[key] = value
+    if out.get("error") is None or (
+        isinstance(out.get("error"), float) and math.isnan(out["error"])
+    ):
+        out["error"] = ""
+    return out
+
+
+def write_subject_csv(output_dir: Path, subject: str, rows: Sequence[dict[str, Any]]) -> Path:
+    """``sub-<l>/sub-<l>_evaluation.csv`` with all of the subject's rows."""
+    frame = pd.DataFrame(list(rows))
+    frame = frame.reindex(columns=order_columns(frame.columns))
+    path = output_dir / f"sub-{subject}" / f"sub-{subject}_evaluation.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    return path

@@ -1,0 +1,399 @@
+"""Static figures for the group report: metric box plots and alignment overlays.
+
+Everything here draws on a bare :class:`matplotlib.figure.Figure` with the Agg
+canvas, never through ``pyplot``: no global figure registry to leak memory
+across hundreds of figures, no display needed, and safe to call from worker
+threads. Every public function returns PNG bytes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image as PILImage
+from scipy import ndimage
+
+from mmreg.imaging.image import Image
+
+#: Resolution of every PNG: small files, still legible in a browser.
+DPI = 90
+
+#: The eight bytes every PNG file starts with.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+#: Columns that identify a registration pair (one initial value per pair).
+PAIR_KEYS = ("subject", "session", "fixed", "moving")
+
+_INITIAL_COLOUR = "#9e9e9e"
+_METHOD_COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+)
+
+
+def to_png(fig: Figure, *, dpi: int = DPI, palette: bool = False) -> bytes:
+    """Render ``fig`` to PNG bytes.
+
+    The ``Software`` metadata is dropped so that the bytes do not depend on
+    the installed matplotlib version.
+
+    Args:
+        fig: The figure.
+        dpi: Resolution.
+        palette: Store as 8-bit palette PNG (256 colours): image panels of
+            grey values plus one overlay colour lose nothing visible and the
+            file is about half the size, which matters with hundreds of
+            figures embedded in one report.
+    """
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    if not palette:
+        return buf.getvalue()
+    rgb = PILImage.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    quantised = rgb.quantize(
+        colors=256, method=PILImage.Quantize.MEDIANCUT, dither=PILImage.Dither.NONE
+    )
+    out = io.BytesIO()
+    quantised.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def initial_column(df: pd.DataFrame, column: str) -> str | None:
+    """The ``initial_*`` column matching ``column`` (before registration), if any."""
+    name = f"initial_{column}"
+    return name if name in df.columns else None
+
+
+def _finite(values: pd.Series | npt.ArrayLike) -> npt.NDArray[np.float64]:
+    arr = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
+    return arr[np.isfinite(arr)]
+
+
+def _ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    if "status" not in df.columns:
+        return df
+    return df[df["status"].astype(str) == "ok"]
+
+
+def boxplot_by_method(
+    df: pd.DataFrame,
+    column: str,
+    *,
+    title: str | None = None,
+    ylabel: str | None = None,
+    initial: str | None = None,
+    logscale: bool = False,
+    dpi: int = DPI,
+) -> bytes:
+    """One box per method (successful rows only), the individual values on top.
+
+    Where an ``initial_<column>`` column exists, a grey "initial" box of the
+    values before registration comes first. Initial values are taken once per
+    pair (they are repeated on every method's row). With several fixed/moving
+    pairs in ``df``, boxes are grouped per pair.
+
+    Args:
+        df: Evaluation rows with at least ``method`` and ``column``.
+        column: Metric to plot, e.g. ``"dice_mean"``.
+        title: Axes title; defaults to ``column``.
+        ylabel: Y-axis label; defaults to ``column``.
+        initial: Column of the values before registration; defaults to
+            ``initial_<column>`` when present. Pass ``""`` to leave it out.
+        logscale: Logarithmic y axis (for runtimes spanning orders of magnitude);
+            ignored unless all values are positive.
+        dpi: PNG resolution.
+
+    Returns:
+        PNG bytes. A metric without any finite value gives a figure that says so.
+    """
+    initial = initial_column(df, column) if initial is None else (initial or None)
+    groups: list[tuple[str, npt.NDArray[np.float64], str]] = []
+    ok = _ok_rows(df)
+    pair_cols = [c for c in ("fixed", "moving") if c in df.columns]
+    pairs = sorted(df.groupby(pair_cols, sort=True).groups) if pair_cols else [()]
+    several = len(pairs) > 1
+    for pair in pairs:
+        pair = pair if isinstance(pair, tuple) else (pair,)
+        mask_all = np.ones(len(df), dtype=bool)
+        for col, val in zip(pair_cols, pair, strict=False):
+            mask_all &= (df[col] == val).to_numpy()
+        sub_all = df[mask_all]
+        sub_ok = ok[ok.index.isin(sub_all.index)]
+        suffix = f"\n{pair[1]}→{pair[0]}" if several and len(pair) == 2 else ""
+        if initial and initial in sub_all.columns:
+            keys = [k for k in PAIR_KEYS if k in sub_all.columns]
+            once = sub_all.drop_duplicates(subset=keys) if keys else sub_all
+            values = _finite(once[initial])
+            if values.size:
+                groups.append((f"initial{suffix}", values, _INITIAL_COLOUR))
+        methods = sorted(sub_all["method"].astype(str).unique()) if len(sub_all) else []
+        for i, method in enumerate(methods):
+            values = (
+                _finite(sub_ok.loc[sub_ok["method"].astype(str) == method, column])
+                if column in sub_ok.columns
+                else np.empty(0)
+            )
+            groups.append((f"{method}{suffix}", values, _METHOD_COLOURS[i % 10]))
+
+    width = min(11.0, max(4.0, 1.0 + 0.9 * len(groups)))
+    fig = Figure(figsize=(width, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set_title(title or column, fontsize=10)
+    ax.set_ylabel(ylabel or column, fontsize=9)
+    if not any(v.size for _, v, _ in groups):
+        ax.text(
+            0.5,
+            0.5,
+            "no finite values",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="#666666",
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.tight_layout()
+        return to_png(fig, dpi=dpi)
+
+    # A fixed seed: the jitter of the points is part of the figure's bytes.
+    rng = np.random.default_rng(0)
+    for pos, (_, values, colour) in enumerate(groups, start=1):
+        if not values.size:
+            continue
+        ax.boxplot(
+            [values],
+            positions=[pos],
+            widths=0.55,
+            showfliers=False,
+            patch_artist=True,
+            boxprops={"facecolor": colour, "alpha": 0.35, "edgecolor": colour},
+            medianprops={"color": "black"},
+            whiskerprops={"color": colour},
+            capprops={"color": colour},
+        )
+        jitter = rng.uniform(-0.12, 0.12, size=values.size)
+        ax.scatter(
+            pos + jitter, values, s=10, color=colour, edgecolors="none", alpha=0.9, zorder=3
+        )
+    labels = [label if values.size else f"{label}\n(no data)" for label, values, _ in groups]
+    ax.set_xticks(range(1, len(groups) + 1))
+    ax.set_xticklabels(labels, fontsize=8, rotation=20 if len(groups) > 5 else 0)
+    ax.set_xlim(0.4, len(groups) + 0.6)
+    everything = np.concatenate([v for _, v, _ in groups if v.size])
+    if logscale and np.all(everything > 0):
+        ax.set_yscale("log")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return to_png(fig, dpi=dpi)
+
+
+# --- alignment overlays ---------------------------------------------------------------------
+
+
+def resample_to(image: Image, reference: Image, *, order: int = 1) -> Image:
+    """``image`` resampled onto ``reference``'s grid through world coordinates.
+
+    An identity mapping in world space: this is only a display aid for images
+    that are not already on the same grid (and for showing the moving image
+    as it lies before registration).
+
+    Raises:
+        ValueError: If the two images differ in dimensionality.
+    """
+    if image.ndim != reference.ndim:
+        raise ValueError(f"cannot overlay a {image.ndim}D image on a {reference.ndim}D one")
+    if image.shape == reference.shape and np.allclose(image.affine, reference.affine, atol=1e-4):
+        return image
+    n = reference.ndim
+    vox = np.linalg.inv(image.affine) @ reference.affine
+    # Axes beyond ndim are not indexed; a 2D image's (x, y) depend on (i, j) only.
+    matrix, offset = vox[:n, :n], vox[:n, 3]
+    data = ndimage.affine_transform(
+        np.asarray(image.data, dtype=np.float32),
+        matrix,
+        offset,
+        output_shape=reference.shape,
+        order=order,
+        mode="constant",
+        cval=0.0,
+    )
+    return Image(data.astype(np.float32), reference.affine)
+
+
+def robust_normalise(
+    data: npt.ArrayLike, *, lower: float = 1.0, upper: float = 99.0
+) -> npt.NDArray[np.float32]:
+    """Intensities mapped to ``[0, 1]`` between two percentiles (NaN -> 0).
+
+    Percentiles ignore exact-zero background where there is foreground, so
+    a small object in a large empty field still gets the full grey range.
+    """
+    arr = np.nan_to_num(np.asarray(data, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    values = arr[arr != 0]
+    if values.size < 16:
+        values = arr.ravel()
+    if values.size == 0:
+        return np.zeros_like(arr)
+    lo, hi = (float(v) for v in np.percentile(values, [lower, upper]))
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros_like(arr)
+    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def _canonical(data: npt.NDArray, affine: npt.NDArray) -> tuple[npt.NDArray, npt.NDArray]:
+    """Data with axes reordered/flipped to RAS, and each axis' voxel size in mm.
+
+    A 2D image gets a singleton third axis first, so it lands in whichever
+    world plane its affine puts it (axial, coronal or sagittal).
+    """
+    data3 = data if data.ndim == 3 else data[..., None]
+    ornt = nib.orientations.io_orientation(affine)
+    zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    out = nib.orientations.apply_orientation(data3, ornt)
+    spacing = np.empty(3)
+    for vox_axis, (world_axis, _) in enumerate(ornt):
+        spacing[int(world_axis)] = zooms[vox_axis]
+    return np.asarray(out), spacing
+
+
+#: Display planes of a RAS volume: (name, axis held fixed, (horizontal, vertical) axes).
+_PLANES = (("axial", 2, (0, 1)), ("coronal", 1, (0, 2)), ("sagittal", 0, (1, 2)))
+
+
+def _plane_slices(
+    fixed: npt.NDArray, moving: npt.NDArray, spacing: npt.NDArray
+) -> list[tuple[str, npt.NDArray, npt.NDArray, tuple[float, float]]]:
+    """Mid slices ``(name, fixed_2d, moving_2d, (width_mm, height_mm))``, (h, v) indexed.
+
+    All three planes of a volume; for a 2D image (one singleton axis after
+    :func:`_canonical`) only the plane across that axis.
+    """
+    flat = [axis for axis in range(3) if fixed.shape[axis] == 1]
+    out = []
+    for name, axis, (h, v) in _PLANES:
+        if flat and axis != flat[0]:
+            continue
+        index = fixed.shape[axis] // 2
+        extent = (float(fixed.shape[h] * spacing[h]), float(fixed.shape[v] * spacing[v]))
+        out.append(
+            (name, np.take(fixed, index, axis=axis), np.take(moving, index, axis=axis), extent)
+        )
+    return out
+
+
+def edge_map(slice2d: npt.NDArray, *, quantile: float = 90.0) -> npt.NDArray[np.float32]:
+    """Strength in ``[0, 1]`` of the strongest intensity edges of a normalised slice."""
+    smooth = ndimage.gaussian_filter(np.asarray(slice2d, dtype=np.float32), 0.7)
+    magnitude = np.hypot(ndimage.sobel(smooth, 0), ndimage.sobel(smooth, 1))
+    nonzero = magnitude[magnitude > 1e-6]
+    if nonzero.size == 0:
+        return np.zeros_like(magnitude)
+    threshold = float(np.percentile(nonzero, quantile))
+    top = float(nonzero.max())
+    if top <= threshold:
+        return (magnitude >= threshold).astype(np.float32)
+    return np.clip((magnitude - threshold) / (top - threshold) * 2.0, 0.0, 1.0).astype(np.float32)
+
+
+def checkerboard(a: npt.NDArray, b: npt.NDArray, *, tiles: int = 8) -> npt.NDArray:
+    """``a`` and ``b`` interleaved in a ``tiles`` x ``tiles`` checkerboard."""
+    rows = (np.arange(a.shape[0]) * tiles // max(a.shape[0], 1)) % 2
+    cols = (np.arange(a.shape[1]) * tiles // max(a.shape[1], 1)) % 2
+    use_a = (rows[:, None] + cols[None, :]) % 2 == 0
+    return np.where(use_a, a, b)
+
+
+def overlay_figure(
+    fixed: Image,
+    warped: Image,
+    *,
+    title: str | None = None,
+    tiles: int = 8,
+    dpi: int = DPI,
+) -> bytes:
+    """Fixed image with the warped image's edges, and a fixed/warped checkerboard.
+
+    Three orthogonal mid slices (axial, coronal, sagittal, in RAS display
+    orientation: subject's right on the right, anterior/superior up) for a 3D
+    image, the image's one plane for 2D. Top row: the fixed image in grey
+    with the strongest edges of the warped moving image in colour. Bottom
+    row: a checkerboard alternating the fixed and the warped image. Each
+    image's intensities are normalised between its 1st and 99th percentiles.
+
+    Args:
+        fixed: The fixed (reference) image.
+        warped: The moving image after registration; resampled onto the fixed
+            grid first if it is not already on it.
+        title: Figure title.
+        tiles: Checkerboard squares along each side.
+        dpi: PNG resolution.
+
+    Returns:
+        PNG bytes.
+
+    Raises:
+        ValueError: If the images differ in dimensionality.
+    """
+    warped = resample_to(warped, fixed)
+    f3, spacing = _canonical(robust_normalise(fixed.data), fixed.affine)
+    m3, _ = _canonical(robust_normalise(warped.data), fixed.affine)
+    planes = _plane_slices(f3, m3, spacing)
+    ncol = len(planes)
+    fig = Figure(figsize=(2.3 * ncol + 0.2, 4.9))
+    for col, (name, f2, m2, (width, height)) in enumerate(planes):
+        extent = (0.0, width, 0.0, height)
+        top = fig.add_subplot(2, ncol, col + 1)
+        top.imshow(
+            f2.T,
+            cmap="gray",
+            origin="lower",
+            extent=extent,
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
+        edges = edge_map(m2)
+        rgba = np.zeros((*edges.T.shape, 4), dtype=np.float32)
+        rgba[..., 0], rgba[..., 1], rgba[..., 2] = 1.0, 0.25, 0.1
+        rgba[..., 3] = edges.T
+        top.imshow(rgba, origin="lower", extent=extent, interpolation="nearest")
+        top.set_title(name if ncol > 1 else "fixed + warped edges", fontsize=8)
+        bottom = fig.add_subplot(2, ncol, ncol + col + 1)
+        bottom.imshow(
+            checkerboard(f2, m2, tiles=tiles).T,
+            cmap="gray",
+            origin="lower",
+            extent=extent,
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
+        if ncol == 1:
+            bottom.set_title("checkerboard fixed / warped", fontsize=8)
+        for ax in (top, bottom):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if ncol > 1:
+        fig.axes[0].set_ylabel("fixed + warped edges", fontsize=8)
+        fig.axes[1].set_ylabel("checkerboard", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return to_png(fig, dpi=dpi, palette=True)

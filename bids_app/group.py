@@ -1,0 +1,247 @@
+"""Group level: gather every participant's evaluation rows, summarise, report.
+
+Reads ``sub-*/sub-*_evaluation.csv`` under the derivatives folder and writes
+``group/evaluation.csv`` (all rows), ``group/summary.csv`` (one row per
+fixed/moving pair and method) and ``group/report.html``, each atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmreg.atomic import atomic_path
+from mmreg.errors import InputError
+
+LOGGER = logging.getLogger("mmreg.group")
+
+#: Contract columns, in order (per-label and extra columns follow).
+CONTRACT_COLUMNS = (
+    "subject",
+    "session",
+    "fixed",
+    "moving",
+    "method",
+    "status",
+    "error",
+    "runtime_s",
+    "initial_dice_mean",
+    "dice_mean",
+    "hd95_mean_mm",
+    "initial_tre_mean_mm",
+    "tre_mean_mm",
+    "neg_jacobian_pct",
+)
+
+#: Row order of ``group/evaluation.csv``.
+SORT_KEYS = ("subject", "session", "fixed", "moving", "method")
+
+#: Columns read as text, so that labels such as ``01`` keep their leading zeros.
+TEXT_COLUMNS = (
+    "subject",
+    "session",
+    "fixed",
+    "moving",
+    "method",
+    "status",
+    "error",
+    "warped",
+    "transform",
+    "fixed_image",
+    "moving_image",
+)
+
+#: Grouping of ``group/summary.csv``.
+SUMMARY_KEYS = ("fixed", "moving", "method")
+
+#: Number format of the CSVs: stable across platforms and pandas versions.
+FLOAT_FORMAT = "%.6g"
+
+#: Subjects that get per-subject figures in the report, by default.
+DEFAULT_MAX_SUBJECTS = 20
+
+
+def find_subject_csvs(output_dir: Path) -> list[Path]:
+    """Per-participant evaluation CSVs under ``output_dir``, sorted by path."""
+    return sorted(p for p in Path(output_dir).glob("sub-*/sub-*_evaluation.csv") if p.is_file())
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    """One participant's rows, or ``None`` (with a warning) for an unreadable file."""
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        frame = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS if c in header})
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        # pandas' EmptyDataError is a ValueError: a 0-byte file from a killed run.
+        LOGGER.warning("skipping unreadable %s: %s", path, " ".join(str(exc).split()))
+        return None
+    return frame
+
+
+def order_columns(columns: Sequence[str]) -> list[str]:
+    """Contract columns first, then ``dice_<label>``, then the rest (sorted)."""
+    columns = list(dict.fromkeys(columns))
+    head = list(CONTRACT_COLUMNS)
+    dice = sorted(c for c in columns if c.startswith("dice_") and c not in head)
+    rest = sorted(c for c in columns if c not in head and c not in dice)
+    return head + dice + rest
+
+
+def aggregate(output_dir: Path) -> pd.DataFrame:
+    """All participants' evaluation rows in one table.
+
+    Rows are sorted by subject, session, fixed, moving and method (stable,
+    so rows equal in all five keep their per-subject order); columns follow
+    the contract order, with any contract column a subject lacks added empty.
+    Text columns are strings with ``""`` for missing values.
+
+    Args:
+        output_dir: The derivatives folder (``OUTPUT_DIR``).
+
+    Raises:
+        InputError: If no readable ``sub-*/sub-*_evaluation.csv`` exists.
+    """
+    output_dir = Path(output_dir)
+    frames = [f for f in (_read_csv(p) for p in find_subject_csvs(output_dir)) if f is not None]
+    if not frames:
+        raise InputError(
+            f"no participant results found under {output_dir} "
+            "(expected sub-*/sub-*_evaluation.csv; run the participant level first)"
+        )
+    # Empty frames (a header only) would turn every column into object dtype.
+    non_empty = [f for f in frames if len(f)]
+    df = pd.concat(non_empty or frames[:1], ignore_index=True, sort=False)
+    df = df.reindex(columns=order_columns(df.columns))
+    for col in TEXT_COLUMNS:
+        if col in df.columns:
+            df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
+    for col in df.columns:
+        if col not in TEXT_COLUMNS and df[col].dtype == object:
+            # A column that is all-empty in every file is read as text: make it numeric.
+            numeric = pd.to_numeric(df[col], errors="coerce")
+            if numeric.notna().sum() == df[col].notna().sum():
+                df[col] = numeric
+    df = df.sort_values(list(SORT_KEYS), kind="mergesort").reset_index(drop=True)
+    return df
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """Numeric columns to summarise, in table order (identity columns excluded)."""
+    skip = set(TEXT_COLUMNS) | set(SORT_KEYS)
+    return [
+        c
+        for c in df.columns
+        if c not in skip
+        and pd.api.types.is_numeric_dtype(df[c])
+        and not pd.api.types.is_bool_dtype(df[c])
+    ]
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Per fixed/moving pair and method: counts and mean/median/sd of every metric.
+
+    Columns: ``fixed, moving, method, n, n_ok, n_failed``, then for every
+    numeric column ``<col>_mean``, ``<col>_median``, ``<col>_sd``. Statistics
+    use the successful (``status == "ok"``) rows only and skip NaN (a pair
+    without landmarks has no TRE); ``sd`` is the sample standard deviation
+    (``ddof=1``), NaN for fewer than two values. A method whose rows all
+    failed keeps its row, with NaN statistics.
+
+    Args:
+        df: Rows as returned by :func:`aggregate`.
+    """
+    metrics = metric_columns(df)
+    keys = [k for k in SUMMARY_KEYS if k in df.columns]
+    stats_cols = [f"{m}_{s}" for m in metrics for s in ("mean", "median", "sd")]
+    columns = [*keys, "n", "n_ok", "n_failed", *stats_cols]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    ok = (
+        df["status"].astype(str).eq("ok")
+        if "status" in df.columns
+        else pd.Series(True, index=df.index)
+    )
+    rows = []
+    for key, group in df.groupby(keys, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        good = group[ok.loc[group.index]]
+        row: dict[str, object] = dict(zip(keys, key, strict=True))
+        row["n"] = len(group)
+        row["n_ok"] = len(good)
+        row["n_failed"] = len(group) - len(good)
+        for m in metrics:
+            values = pd.to_numeric(good[m], errors="coerce").to_numpy(dtype=np.float64)
+            values = values[np.isfinite(values)]
+            row[f"{m}_mean"] = float(values.mean()) if values.size else np.nan
+            row[f"{m}_median"] = float(np.median(values)) if values.size else np.nan
+            row[f"{m}_sd"] = float(values.std(ddof=1)) if values.size > 1 else np.nan
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=columns)
+    return out.astype({"n": int, "n_ok": int, "n_failed": int})
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> Path:
+    """Write ``df`` atomically with the stable float format."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
+    return Path(path)
+
+
+def run_group_level(
+    output_dir: Path,
+    *,
+    bids_dir: Path | None = None,
+    extra_sections: Sequence[tuple[str, str]] | None = None,
+    max_subjects: int | None = DEFAULT_MAX_SUBJECTS,
+) -> dict[str, Path]:
+    """Write ``group/evaluation.csv``, ``group/summary.csv`` and ``group/report.html``.
+
+    Args:
+        output_dir: The derivatives folder holding the participant results.
+        bids_dir: The input BIDS dataset, used to find fixed images for the
+            report's figures when the rows carry no ``fixed_image`` path.
+        extra_sections: ``(title, html)`` sections appended to the report;
+            the HTML is inserted as is, so it must be trusted and escaped.
+        max_subjects: Subjects that get alignment figures (the first ones in
+            label order); ``None`` for all.
+
+    Returns:
+        ``{"evaluation": ..., "summary": ..., "report": ...}`` paths.
+
+    Raises:
+        InputError: If there are no participant results.
+    """
+    from mmreg.bids_app.report import build_report
+
+    output_dir = Path(output_dir)
+    df = aggregate(output_dir)
+    summary = summarise(df)
+    group_dir = output_dir / "group"
+    paths = {
+        "evaluation": write_csv(df, group_dir / "evaluation.csv"),
+        "summary": write_csv(summary, group_dir / "summary.csv"),
+    }
+    html = build_report(
+        df,
+        summary,
+        output_dir=output_dir,
+        bids_dir=bids_dir,
+        extra_sections=extra_sections,
+        max_subjects=max_subjects,
+    )
+    # Explicit UTF-8: the locale of a container may be plain ASCII.
+    with atomic_path(group_dir / "report.html") as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    paths["report"] = group_dir / "report.html"
+    n_failed = int((df["status"] != "ok").sum()) if "status" in df.columns else 0
+    LOGGER.info(
+        "group level: %d row(s) from %d subject(s), %d failed",
+        len(df),
+        df["subject"].nunique() if "subject" in df.columns else 0,
+        n_failed,
+    )
+    return paths

@@ -1,0 +1,713 @@
+"""The BIDS query: from a dataset and entity filters to (fixed, moving) pair records.
+
+Rules (the CLI help and ``docs/usage`` point here):
+
+- Images are NIfTI only (``.nii``, ``.nii.gz``) inside ``sub-<label>/``;
+  ``derivatives/``, ``sourcedata/``, ``code/`` and every other top-level
+  folder not named ``sub-*`` are never searched.
+- A filter is ``{BIDS key: value}``; keys are the short file-name keys
+  (``acq``, ``ses``, ``ce``, ``run``, ...) or pybids' long names
+  (``acquisition``, ``session``, ...), plus ``suffix`` and ``datatype``. Any
+  suffix works, also ones BIDS does not define (``US``, ``DXA``): the dataset
+  is indexed without validation for that reason.
+- Pairing happens within one subject and session. When the fixed filter
+  names a session (``--fixed ses=pre``), the fixed image is taken from that
+  session for every session of the subject (longitudinal use).
+- Every moving image matching a moving filter becomes one pair. When several
+  fixed images qualify, the one sharing most entity values with the moving
+  image (``acq``, ``run``, ``ce``, ...) is used; a tie fails that pair with a
+  message saying how to narrow ``--fixed``.
+- A subject/session lacking the fixed or a moving image gets a
+  :class:`MissingPair`, which the participant level writes as a failed row.
+- A filter that matches no image in the selected subjects at all (a typo,
+  most likely) stops the run with exit code 18 (:class:`NoMatchError`).
+- Requested participant labels that do not exist: a warning when some are
+  found (as fMRIPrep does), a :class:`~mmreg.errors.UsageError` (exit 64)
+  when none is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmreg.bids_app import naming
+from mmreg.bids_app.config import Config, describe_filter
+from mmreg.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    from bids import BIDSLayout
+
+LOG = logging.getLogger("mmreg.bids_app.query")
+
+NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+
+#: Short BIDS keys -> pybids entity names (pybids' long names are accepted as they are).
+ENTITY_KEYS: dict[str, str] = {
+    "ses": "session",
+    "sample": "sample",
+    "task": "task",
+    "tracksys": "tracksys",
+    "acq": "acquisition",
+    "nuc": "nucleus",
+    "voi": "volume",
+    "ce": "ceagent",
+    "stain": "staining",
+    "trc": "tracer",
+    "rec": "reconstruction",
+    "dir": "direction",
+    "run": "run",
+    "proc": "proc",
+    "mod": "modality",
+    "echo": "echo",
+    "flip": "flip",
+    "inv": "inv",
+    "mt": "mt",
+    "part": "part",
+    "recording": "recording",
+    "space": "space",
+    "chunk": "chunk",
+    "suffix": "suffix",
+    "datatype": "datatype",
+}
+_LONG_TO_SHORT = {v: k for k, v in ENTITY_KEYS.items()}
+#: Entities that the query itself controls; filtering on them would break pairing.
+_RESERVED = {
+    "sub": "--participant-label",
+    "subject": "--participant-label",
+    "extension": "nothing (only NIfTI images are used)",
+}
+_INT_ENTITIES = {"run", "echo", "flip", "inv", "chunk"}
+
+
+class InputDirMissingError(InputError):
+    """An input folder (BIDS_DIR, --ground-truth) does not exist. Exit code 66."""
+
+
+class NotBidsError(InputError):
+    """BIDS_DIR is not a BIDS dataset. Exit code 16."""
+
+
+class NoMatchError(InputError):
+    """A filter selected no image at all. Exit code 18."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One registration to run: a moving image onto a fixed image of one subject.
+
+    Attributes:
+        subject: Subject label without ``sub-``.
+        session: Session label without ``ses-`` (the moving image's), or ``None``.
+        fixed: Absolute path of the fixed image.
+        moving: Absolute path of the moving image.
+        fixed_label: Modality label of the fixed image in output names (``T1w``).
+        moving_label: Modality label of the moving image (``T2w``, ``T2wHighres``).
+        fixed_dseg: Ground-truth label map on the fixed image's grid, or ``None``.
+        moving_dseg: Ground-truth label map on the moving image's grid, or ``None``.
+        fixed_landmarks: Ground-truth landmarks TSV of the fixed image, or ``None``.
+        moving_landmarks: Ground-truth landmarks TSV of the moving image, or ``None``.
+        pair_id: ``sub-<l>[_ses-<s>]_from-<moving>_to-<fixed>``; unique in a run.
+    """
+
+    subject: str
+    session: str | None
+    fixed: str
+    moving: str
+    fixed_label: str
+    moving_label: str
+    fixed_dseg: str | None = None
+    moving_dseg: str | None = None
+    fixed_landmarks: str | None = None
+    moving_landmarks: str | None = None
+    pair_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible dict with every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Pair:
+        """Inverse of :meth:`to_dict`; extra keys (e.g. ``bids_dir``) are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class MissingPair:
+    """A pair that cannot be run; the participant level writes it as a failed row.
+
+    Attributes:
+        subject: Subject label without ``sub-``.
+        session: Session label, or ``None``.
+        fixed_label: Modality label the fixed image would have had.
+        moving_label: Modality label the moving image would have had.
+        reason: One-line reason for the ``error`` column.
+    """
+
+    subject: str
+    session: str | None
+    fixed_label: str
+    moving_label: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible dict with every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MissingPair:
+        """Inverse of :meth:`to_dict`."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# ---------------------------------------------------------------------------------------------
+# Filters
+
+
+def parse_filter(tokens: Iterable[str], *, option: str = "--moving") -> dict[str, str]:
+    """Parse ``["suffix=T2w", "acq=highres"]`` (or ``["suffix=T2w,acq=highres"]``).
+
+    Keys are kept as typed (short or long); values must be BIDS labels.
+
+    Raises:
+        UsageError: On a token without ``=``, an unknown or reserved key, an
+            invalid value, or one key given twice with different values.
+    """
+    out: dict[str, str] = {}
+    for token in tokens:
+        for item in filter(None, (t.strip() for t in token.split(","))):
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or not key or not value:
+                raise UsageError(
+                    f"{option}: expected ENTITY=VALUE, got {item!r} "
+                    "(give positional arguments before options)"
+                )
+            if key in _RESERVED:
+                raise UsageError(f"{option}: {key!r} cannot be filtered on; use {_RESERVED[key]}")
+            if key not in ENTITY_KEYS and key not in _LONG_TO_SHORT:
+                raise UsageError(
+                    f"{option}: unknown entity {key!r}; known: {', '.join(ENTITY_KEYS)}"
+                )
+            value = naming.sanitize_label(value.strip(), what=f"{option} {key} value")
+            if _LONG_TO_SHORT.get(key, key) in {_LONG_TO_SHORT.get(k, k) for k in out}:
+                previous = next(
+                    v
+                    for k, v in out.items()
+                    if _LONG_TO_SHORT.get(k, k) == _LONG_TO_SHORT.get(key, key)
+                )
+                if previous != value:
+                    raise UsageError(f"{option}: {key} given twice ({previous}, {value})")
+                continue
+            out[key] = value
+    return out
+
+
+def _pybids_filter(entities: Mapping[str, str]) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    for key, value in entities.items():
+        name = ENTITY_KEYS.get(key, key)
+        query[name] = int(value) if name in _INT_ENTITIES and value.isdigit() else value
+    return query
+
+
+def _with_default_suffix(
+    entities: Mapping[str, str], default: Mapping[str, str]
+) -> dict[str, str]:
+    # A filter without a suffix keeps the default suffix: "--moving acq=highres" means T2w images
+    # acquired "highres", not every image with that acquisition label.
+    out = dict(entities)
+    if "suffix" not in out:
+        out = {**{k: v for k, v in default.items() if k == "suffix"}, **out}
+    return out
+
+
+def normalize_participant_labels(labels: Iterable[str]) -> tuple[str, ...]:
+    """Strip an optional ``sub-`` prefix, validate, drop duplicates (order kept)."""
+    out: list[str] = []
+    for raw in labels:
+        for label in filter(None, (t.strip() for t in str(raw).split(","))):
+            label = label.removeprefix("sub-")
+            label = naming.sanitize_label(label, what="participant label")
+            if label not in out:
+                out.append(label)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset checks and indexing
+
+
+def check_bids_dir(bids_dir: str | os.PathLike[str]) -> Path:
+    """Exit-code-carrying checks on BIDS_DIR: exists (66), is BIDS (16).
+
+    Raises:
+        InputDirMissingError: The folder does not exist.
+        NotBidsError: No ``dataset_description.json``, or it is not readable JSON.
+    """
+    path = Path(bids_dir)
+    if not path.exists():
+        raise InputDirMissingError(f"input folder not found: {path}")
+    if not path.is_dir():
+        raise InputDirMissingError(f"input is not a folder: {path}")
+    description = path / "dataset_description.json"
+    if not description.is_file():
+        raise NotBidsError(f"not a BIDS dataset: {path} has no dataset_description.json")
+    try:
+        json.loads(description.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise NotBidsError(
+            f"not a BIDS dataset: {description} is not valid JSON ({type(exc).__name__})"
+        ) from None
+    return path
+
+
+def _ignore_patterns() -> list[Any]:
+    # Only sub-* folders hold raw images; skipping the rest keeps big derivatives out of the index
+    # (and keeps mmreg's own outputs, whose suffixes are T2w etc., from being taken as inputs).
+    return [re.compile(r"^/(?!sub-)[^/]+/"), re.compile(r"/\.")]
+
+
+def _dataset_fingerprint(root: Path) -> str:
+    """Cheap change detector: the folder tree with each folder's mtime.
+
+    A folder's mtime changes whenever an entry is added, removed or renamed in
+    it, which is exactly what invalidates a file index; file contents do not
+    matter because metadata is not indexed.
+    """
+    digest = hashlib.sha1(usedforsecurity=False)
+    digest.update(str(root.resolve()).encode())
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        digest.update(f"{folder}\0{folder.stat().st_mtime_ns}\n".encode())
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if folder == root and not entry.name.startswith("sub-"):
+                continue
+            if entry.is_dir(follow_symlinks=True):
+                stack.append(Path(entry.path))
+    return digest.hexdigest()[:16]
+
+
+def load_layout(
+    bids_dir: str | os.PathLike[str], database_root: str | os.PathLike[str] | None = None
+) -> BIDSLayout:
+    """Index ``bids_dir`` with pybids (no validation, no metadata).
+
+    With ``database_root``, the index is kept in
+    ``<database_root>/<dataset fingerprint>/`` and reused by later runs on an
+    unchanged dataset. It is built in a private folder and renamed into place,
+    so concurrent runs sharing a work dir (SLURM arrays) never see a partial one.
+    """
+    from bids import BIDSLayout
+    from bids.layout import BIDSLayoutIndexer
+
+    root = Path(bids_dir).resolve()
+
+    def build(database_path: Path | None) -> BIDSLayout:
+        indexer = BIDSLayoutIndexer(
+            validate=False, ignore=_ignore_patterns(), index_metadata=False
+        )
+        return BIDSLayout(
+            root, validate=False, derivatives=False, indexer=indexer, database_path=database_path
+        )
+
+    if database_root is None:
+        return build(None)
+    final = Path(database_root) / _dataset_fingerprint(root)
+    if (final / "layout_index.sqlite").is_file():
+        try:
+            layout = BIDSLayout(root, validate=False, derivatives=False, database_path=final)
+            LOG.debug("reusing BIDS index %s", final)
+            return layout
+        except Exception:  # a stale or foreign index is rebuilt, never fatal
+            LOG.debug("BIDS index %s unusable; rebuilding", final, exc_info=True)
+    try:
+        tmp = final.parent / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir(parents=True)
+    except OSError:
+        LOG.debug("cannot write a BIDS index under %s; indexing in memory", database_root)
+        return build(None)
+    try:
+        layout = build(tmp)
+        del layout  # close the sqlite connection before the folder moves
+        # An OSError here means another run finished the same index first; theirs is equal.
+        with contextlib.suppress(OSError):
+            tmp.rename(final)
+        return BIDSLayout(root, validate=False, derivatives=False, database_path=final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairing
+
+
+@dataclass(frozen=True)
+class _Image:
+    path: str
+    subject: str
+    session: str | None
+    suffix: str
+    entities: tuple[tuple[str, str], ...]  # short key -> value, label entities only
+
+    def get(self, key: str) -> str | None:
+        return dict(self.entities).get(key)
+
+
+def _as_image(path: Path, entities: Mapping[str, Any], root: Path) -> _Image | None:
+    subject = entities.get("subject")
+    if not subject or not any(path.name.endswith(e) for e in NIFTI_EXTENSIONS):
+        return None
+    # Indexing without validation also sees stray files; only sub-<l>/ holds subject data.
+    if path.relative_to(root).parts[0] != f"sub-{subject}":
+        return None
+    label_entities = tuple(
+        (_LONG_TO_SHORT[name], str(value))
+        for name, value in entities.items()
+        if _LONG_TO_SHORT.get(name) in naming.LABEL_ENTITIES
+    )
+    return _Image(
+        str(path),
+        str(subject),
+        entities.get("session"),
+        str(entities["suffix"]),
+        tuple(sorted(label_entities)),
+    )
+
+
+def _select(
+    layout: BIDSLayout, root: Path, entities: Mapping[str, str], subjects: Sequence[str]
+) -> list[_Image]:
+    query = _pybids_filter(entities)
+    if set(subjects) != set(_subject_folders(root)):
+        query["subject"] = list(subjects)
+    # File names only, parsed with pybids' own patterns: asking the database for each file's
+    # entities costs one query per file, which dominates on large datasets.
+    files = layout.get(return_type="filename", extension=list(NIFTI_EXTENSIONS), **query)
+    images = []
+    for name in files:
+        path = Path(name)
+        # Relative to the root: a root path like /data/sub-99/bids must not set the subject.
+        rel = "/" + path.relative_to(root).as_posix()
+        img = _as_image(path, layout.parse_file_entities(rel), root)
+        if img is not None:
+            images.append(img)
+    return sorted(images, key=lambda i: i.path)
+
+
+def _affinity(fixed: _Image, moving: _Image) -> int:
+    keys = {k for k, _ in fixed.entities} | {k for k, _ in moving.entities}
+    return sum(fixed.get(k) == moving.get(k) for k in keys)
+
+
+def _choose_fixed(
+    candidates: Sequence[_Image], moving: _Image, option: str
+) -> tuple[_Image | None, str]:
+    candidates = [c for c in candidates if c.path != moving.path]
+    if not candidates:
+        return None, f"missing modality: no file matches {option} (other than the moving image)"
+    if len(candidates) == 1:
+        return candidates[0], ""
+    scores = [_affinity(c, moving) for c in candidates]
+    best = max(scores)
+    winners = [c for c, s in zip(candidates, scores, strict=True) if s == best]
+    if len(winners) == 1:
+        return winners[0], ""
+    names = ", ".join(Path(c.path).name for c in winners)
+    return None, (
+        f"ambiguous fixed image: {len(winners)} files match {option} ({names}); "
+        "narrow the filter, e.g. with acq=, run= or ses="
+    )
+
+
+def _labels(
+    pairs: Sequence[tuple[str | None, _Image, _Image]],
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Choose the entities each suffix needs in its label so that output names stay unique."""
+    needed: dict[str, list[str]] = defaultdict(list)
+
+    def label(img: _Image) -> str:
+        keys = needed[img.suffix]
+        acq = img.get("acq") if "acq" in keys else None
+        others = {k: img.get(k) for k in keys if k != "acq"}
+        return naming.modality_label(img.suffix, acq, **others)
+
+    # Every image used in one subject/session must get its own label (so each output name says
+    # which input it came from); the entities needed are decided once for the whole run, so one
+    # acquisition is labelled alike in every subject.
+    groups: dict[tuple[str, str | None], dict[str, _Image]] = defaultdict(dict)
+    for session, fixed, moving in pairs:
+        groups[(moving.subject, session)].update({fixed.path: fixed, moving.path: moving})
+    for _ in range(len(naming.LABEL_ENTITIES) * max(1, len(pairs))):
+        conflicts: list[tuple[_Image, _Image]] = []
+        for images in groups.values():
+            by_label: dict[str, _Image] = {}
+            for img in images.values():
+                other = by_label.setdefault(label(img), img)
+                if other is not img:
+                    conflicts.append((img, other))
+        added = False
+        for a, b in conflicts:
+            keys = needed[a.suffix]
+            for key in naming.LABEL_ENTITIES:
+                if key not in keys and a.get(key) != b.get(key):
+                    keys.append(key)
+                    keys.sort(key=naming.LABEL_ENTITIES.index)
+                    added = True
+                    break
+            if added:
+                break  # recompute: one new entity may settle several conflicts
+        if not added:
+            break
+    paths = {img.path: label(img) for _, f, m in pairs for img in (f, m)}
+    return dict(needed), paths
+
+
+def _filter_label(entities: Mapping[str, str], needed: Mapping[str, list[str]]) -> str:
+    suffix = entities.get("suffix", "image")
+    short = {_LONG_TO_SHORT.get(k, k): v for k, v in entities.items()}
+    keys = needed.get(suffix, [])
+    acq = short.get("acq") if "acq" in keys else None
+    others = {k: short[k] for k in keys if k != "acq" and k in short}
+    return naming.modality_label(suffix, acq, **others)
+
+
+class _GroundTruthIndex:
+    """File-name lookup of ground-truth files, searched recursively once."""
+
+    def __init__(self, root: str | os.PathLike[str] | None) -> None:
+        self._files: dict[str, list[Path]] = defaultdict(list)
+        if root is None:
+            return
+        for pattern in ("*_dseg.nii.gz", "*_dseg.nii", "*_desc-landmarks.tsv"):
+            for path in sorted(Path(root).rglob(pattern)):
+                self._files[path.name].append(path.resolve())
+
+    def find(self, img: _Image, label: str, kind: str) -> str | None:
+        prefix = f"sub-{img.subject}" + (f"_ses-{img.session}" if img.session else "")
+        spaces = [label] + ([img.suffix] if img.suffix != label else [])
+        names = (
+            (
+                [f"{prefix}_space-{s}_dseg.nii.gz" for s in spaces]
+                + [f"{prefix}_space-{s}_dseg.nii" for s in spaces]
+            )
+            if kind == "dseg"
+            else ([f"{prefix}_space-{s}_desc-landmarks.tsv" for s in spaces])
+        )
+        for name in names:
+            hits = self._files.get(name)
+            if hits:
+                # Prefer the copy in the subject's own folder when a name occurs twice.
+                own = [h for h in hits if f"sub-{img.subject}" in h.parts]
+                return str((own or hits)[0])
+        return None
+
+
+def _subject_folders(root: Path) -> list[str]:
+    # The folder listing, not layout.get_subjects(): the latter walks every indexed file.
+    return sorted(
+        p.name[4:]
+        for p in root.iterdir()
+        if p.name.startswith("sub-") and p.name[4:].isalnum() and p.is_dir()
+    )
+
+
+def select_subjects(layout: BIDSLayout, requested: Sequence[str]) -> list[str]:
+    """The subjects to process: all, or the requested ones that exist."""
+    available = _subject_folders(Path(layout.root))
+    if not available:
+        raise NotBidsError(f"not a BIDS dataset: no sub-<label> folders in {layout.root}")
+    if not requested:
+        return available
+    labels = normalize_participant_labels(requested)
+    found = [s for s in labels if s in available]
+    absent = [s for s in labels if s not in available]
+    if not found:
+        shown = ", ".join(available[:10]) + (", ..." if len(available) > 10 else "")
+        raise UsageError(
+            f"--participant-label: none of {', '.join(absent)} found in the dataset "
+            f"(subjects: {shown})"
+        )
+    if absent:
+        LOG.warning("participant label(s) not found, skipped: %s", ", ".join(absent))
+    return found
+
+
+def find_pairs(
+    config: Config, layout: BIDSLayout | None = None
+) -> tuple[list[Pair], list[MissingPair]]:
+    """Select the images of the run and pair them.
+
+    Args:
+        config: The run configuration (``bids_dir``, ``participant_labels``,
+            ``fixed``, ``moving``, ``ground_truth``, ``work_dir``, ``max_pairs``).
+        layout: An already built layout (tests); built from ``config`` otherwise.
+
+    Returns:
+        ``(pairs, missing)``: the pairs to register, sorted by subject,
+        session and labels; and one :class:`MissingPair` per subject/session
+        and moving filter that cannot be run, to be reported as failed rows.
+
+    Raises:
+        InputDirMissingError: BIDS_DIR or the ground-truth folder does not exist (66).
+        NotBidsError: BIDS_DIR is not a BIDS dataset (16).
+        NoMatchError: The fixed filter, or one moving filter, matches no image (18).
+        UsageError: Invalid filters or participant labels (64).
+    """
+    root = check_bids_dir(config.bids_dir).resolve()
+    if config.ground_truth is not None and not Path(config.ground_truth).is_dir():
+        raise InputDirMissingError(f"ground-truth folder not found: {config.ground_truth}")
+    if layout is None:
+        LOG.info("indexing BIDS dataset %s", root)
+        layout = load_layout(root, Path(config.work_dir) / "bids_db")
+    subjects = select_subjects(layout, config.participant_labels)
+
+    fixed_filter = _with_default_suffix(config.fixed, {"suffix": "T1w"})
+    moving_filters = [_with_default_suffix(m, {"suffix": "T2w"}) for m in config.moving]
+    fixed_option = f"--fixed {describe_filter(fixed_filter)}"
+    moving_options = [f"--moving {describe_filter(m)}" for m in moving_filters]
+
+    fixed_images = _select(layout, root, fixed_filter, subjects)
+    moving_images = [_select(layout, root, m, subjects) for m in moving_filters]
+    for images, option in [
+        (fixed_images, fixed_option),
+        *zip(moving_images, moving_options, strict=True),
+    ]:
+        if not images:
+            suffixes = sorted(
+                layout.get_suffixes(subject=subjects, extension=list(NIFTI_EXTENSIONS))
+            )
+            raise NoMatchError(
+                f"no NIfTI image matches {option} in {len(subjects)} subject(s); "
+                f"suffixes present: {', '.join(suffixes) or 'none'}"
+            )
+
+    cross_session = any(_LONG_TO_SHORT.get(k, k) == "ses" for k in fixed_filter)
+    candidates: list[tuple[str | None, _Image, _Image]] = []
+    problems: list[tuple[str, str | None, int, str]] = []  # subject, session, filter idx, reason
+    for subject in subjects:
+        fixed_here = [i for i in fixed_images if i.subject == subject]
+        moving_here = [[i for i in imgs if i.subject == subject] for imgs in moving_images]
+        sessions = sorted(
+            {i.session for i in fixed_here if not cross_session}
+            | {i.session for imgs in moving_here for i in imgs},
+            key=lambda s: (s is not None, s or ""),
+        )
+        for session in sessions or [None]:
+            fixed_pool = (
+                fixed_here if cross_session else [i for i in fixed_here if i.session == session]
+            )
+            for index, (imgs, option) in enumerate(zip(moving_here, moving_options, strict=True)):
+                movs = [i for i in imgs if i.session == session]
+                if not fixed_pool:
+                    problems.append(
+                        (
+                            subject,
+                            session,
+                            index,
+                            f"missing modality: no file matches {fixed_option}",
+                        )
+                    )
+                    continue
+                if not movs:
+                    problems.append(
+                        (subject, session, index, f"missing modality: no file matches {option}")
+                    )
+                    continue
+                for moving in movs:
+                    fixed, reason = _choose_fixed(fixed_pool, moving, fixed_option)
+                    if fixed is None:
+                        problems.append((subject, session, index, reason))
+                    else:
+                        candidates.append((session, fixed, moving))
+
+    # The same image may match two moving filters; register it once.
+    unique = list({(f.path, m.path): (s, f, m) for s, f, m in candidates}.values())
+    needed, labels = _labels(unique)
+    gt = _GroundTruthIndex(config.ground_truth)
+    pairs: list[Pair] = []
+    missing: list[MissingPair] = []
+    taken: set[str] = set()
+    for session, fixed, moving in unique:
+        fixed_label, moving_label = labels[fixed.path], labels[moving.path]
+        pid = naming.pair_id(moving.subject, session, fixed_label, moving_label)
+        if pid in taken:
+            missing.append(
+                MissingPair(
+                    moving.subject,
+                    session,
+                    fixed_label,
+                    moving_label,
+                    f"{Path(moving.path).name} would overwrite another pair's outputs "
+                    f"({pid}); narrow the filters",
+                )
+            )
+            continue
+        taken.add(pid)
+        pairs.append(
+            Pair(
+                subject=moving.subject,
+                session=session,
+                fixed=fixed.path,
+                moving=moving.path,
+                fixed_label=fixed_label,
+                moving_label=moving_label,
+                fixed_dseg=gt.find(fixed, fixed_label, "dseg"),
+                moving_dseg=gt.find(moving, moving_label, "dseg"),
+                fixed_landmarks=gt.find(fixed, fixed_label, "landmarks"),
+                moving_landmarks=gt.find(moving, moving_label, "landmarks"),
+                pair_id=pid,
+            )
+        )
+    fixed_default = _filter_label(fixed_filter, needed)
+    for subject, session, index, reason in problems:
+        missing.append(
+            MissingPair(
+                subject,
+                session,
+                fixed_default,
+                _filter_label(moving_filters[index], needed),
+                reason,
+            )
+        )
+
+    def order(p: Pair | MissingPair) -> tuple[str, str, str, str]:
+        return (p.subject, p.session or "", p.moving_label, p.fixed_label)
+
+    pairs.sort(key=order)
+    missing.sort(key=order)
+    if config.max_pairs is not None and len(pairs) > config.max_pairs:
+        LOG.info(
+            "--max-pairs %d: registering %d of %d pair(s)",
+            config.max_pairs,
+            config.max_pairs,
+            len(pairs),
+        )
+        pairs = pairs[: config.max_pairs]
+    LOG.info(
+        "%d pair(s) in %d subject(s); %d cannot be run",
+        len(pairs),
+        len({p.subject for p in pairs}),
+        len(missing),
+    )
+    return pairs, missing

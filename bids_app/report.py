@@ -1,0 +1,546 @@
+"""The group-level HTML report: one self-contained file, figures embedded.
+
+The report shows the run's provenance, the per-method summary, metric box
+plots, the failures, and per subject and pair the fixed image against each
+method's warped moving image. PNGs are embedded as base64 data URIs so the
+single ``group/report.html`` can be mailed or archived on its own.
+
+Every string that comes from data (labels, method names, error messages,
+paths, configuration values) goes through :func:`html.escape`. A figure that
+cannot be drawn (missing or unreadable image) is replaced by a note; the
+report itself never fails on one subject's data.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmreg import __version__
+from mmreg.bids_app import figures, naming
+from mmreg.errors import MmregError
+from mmreg.imaging.image import Image, load_image
+
+LOGGER = logging.getLogger("mmreg.report")
+
+#: Metrics drawn as box plots: (column, title, y label, log scale).
+BOXPLOTS = (
+    ("dice_mean", "Dice (mean over labels)", "Dice", False),
+    ("tre_mean_mm", "Target registration error", "TRE (mm)", False),
+    ("hd95_mean_mm", "95th percentile Hausdorff distance", "HD95 (mm)", False),
+    ("runtime_s", "Runtime", "seconds", True),
+    ("neg_jacobian_pct", "Folding", "% voxels with Jacobian ≤ 0", False),
+)
+
+#: Summary table columns: (metric column, header, digits).
+SUMMARY_METRICS = (
+    ("initial_dice_mean", "Dice before", 3),
+    ("dice_mean", "Dice", 3),
+    ("initial_tre_mean_mm", "TRE before (mm)", 2),
+    ("tre_mean_mm", "TRE (mm)", 2),
+    ("hd95_mean_mm", "HD95 (mm)", 2),
+    ("runtime_s", "runtime (s)", 1),
+    ("neg_jacobian_pct", "% neg. Jacobian", 3),
+)
+
+#: Per-subject table columns: (column, header, digits).
+SUBJECT_METRICS = (
+    ("dice_mean", "Dice", 3),
+    ("tre_mean_mm", "TRE (mm)", 2),
+    ("hd95_mean_mm", "HD95 (mm)", 2),
+    ("runtime_s", "runtime (s)", 1),
+    ("neg_jacobian_pct", "% neg. Jacobian", 3),
+)
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.3em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+h3 { font-size: 1.1em; margin-top: 1.5em; }
+h4 { font-size: 1em; margin: 1em 0 0.3em; }
+.meta { color: #666; font-size: 0.9em; }
+nav a { margin-right: 1em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.88em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.failed td { background: #fff3f3; }
+.figs { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; }
+figcaption { font-size: 0.85em; color: #444; max-width: 560px; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.note { color: #8a6d3b; background: #fcf8e3; padding: 0.3em 0.6em; border-radius: 3px;
+        font-size: 0.9em; display: inline-block; margin: 0.2em 0; }
+code { font-size: 0.9em; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return f"{number:.{digits}f}" if math.isfinite(number) else "–"
+
+
+def data_uri(png: bytes) -> str:
+    """A ``data:image/png;base64,...`` URI for embedding ``png`` in HTML."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _figure(png: bytes, caption: str) -> str:
+    return (
+        f'<figure><img src="{data_uri(png)}" alt="{_esc(caption)}">'
+        f"<figcaption>{_esc(caption)}</figcaption></figure>"
+    )
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_esc(text)}</p>'
+
+
+def _table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    row_classes: Sequence[str] | None = None,
+) -> str:
+    """An HTML table; cells are HTML already (escape them before)."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        body.append(f"<tr{cls}>" + "".join(row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _td(text: str, *, num: bool = False) -> str:
+    return f'<td class="num">{text}</td>' if num else f"<td>{text}</td>"
+
+
+def _pair_label(fixed: Any, moving: Any) -> str:
+    return f"{moving} → {fixed}"
+
+
+# --- provenance -----------------------------------------------------------------------------
+
+
+def newest_config(output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The most recent run's ``logs/<run>/config.json``, or ``None``."""
+    candidates = sorted(
+        Path(output_dir).glob("logs/*/config.json"),
+        key=lambda p: (p.stat().st_mtime, p.as_posix()),
+    )
+    for path in reversed(candidates):
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict):
+            return path, config
+    return None
+
+
+def _config_section(output_dir: Path) -> str:
+    found = newest_config(output_dir)
+    if found is None:
+        return ""
+    path, config = found
+    rows = []
+    for key in sorted(config):
+        value = config[key]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        if len(text) > 300:
+            text = text[:297] + "..."
+        rows.append([_td(f"<code>{_esc(key)}</code>"), _td(_esc(text))])
+    try:
+        shown = path.relative_to(output_dir).as_posix()
+    except ValueError:
+        shown = str(path)
+    return (
+        f"<details><summary>Configuration of the most recent run "
+        f"(<code>{_esc(shown)}</code>)</summary>"
+        + _table(["setting", "value"], rows)
+        + "</details>"
+    )
+
+
+# --- summary --------------------------------------------------------------------------------
+
+
+def _mean_sd(row: pd.Series, column: str, digits: int) -> str:
+    mean = row.get(f"{column}_mean", np.nan)
+    sd = row.get(f"{column}_sd", np.nan)
+    if _num(mean, digits) == "–":
+        return "–"
+    if _num(sd, digits) == "–":
+        return _num(mean, digits)
+    return f"{_num(mean, digits)} ± {_num(sd, digits)}"
+
+
+def _summary_section(summary: pd.DataFrame) -> str:
+    if summary.empty:
+        return '<h2 id="summary">Summary</h2>' + _note("No evaluation rows.")
+    metrics = [m for m in SUMMARY_METRICS if f"{m[0]}_mean" in summary.columns]
+    header = ["pair (moving → fixed)", "method", "n", "ok", "failed"] + [
+        _esc(title) for _, title, _ in metrics
+    ]
+    rows, classes = [], []
+    for _, row in summary.iterrows():
+        cells = [
+            _td(_esc(_pair_label(row.get("fixed", ""), row.get("moving", "")))),
+            _td(f"<b>{_esc(row.get('method', ''))}</b>"),
+            _td(_esc(int(row["n"])), num=True),
+            _td(_esc(int(row["n_ok"])), num=True),
+            _td(_esc(int(row["n_failed"])), num=True),
+        ]
+        cells += [_td(_esc(_mean_sd(row, col, digits)), num=True) for col, _, digits in metrics]
+        rows.append(cells)
+        classes.append("failed" if int(row["n_ok"]) == 0 else "")
+    text = (
+        '<h2 id="summary">Summary</h2>'
+        '<p class="meta">Mean ± sample SD over successful registrations; "before" is the '
+        "alignment of the inputs before registration (after pre-alignment, if any). "
+        "Full statistics (with medians) are in <code>group/summary.csv</code>.</p>"
+        + _table(header, rows, row_classes=classes)
+    )
+    return text + _label_dice_table(summary)
+
+
+def _label_dice_table(summary: pd.DataFrame) -> str:
+    labels = [
+        c[len("dice_") : -len("_mean")]
+        for c in summary.columns
+        if c.startswith("dice_") and c.endswith("_mean") and c != "dice_mean_mean"
+    ]
+    if not labels:
+        return ""
+    header = ["pair (moving → fixed)", "method"] + [_esc(lab) for lab in labels]
+    rows = []
+    for _, row in summary.iterrows():
+        cells = [
+            _td(_esc(_pair_label(row.get("fixed", ""), row.get("moving", "")))),
+            _td(_esc(row.get("method", ""))),
+        ]
+        cells += [_td(_esc(_mean_sd(row, f"dice_{lab}", 3)), num=True) for lab in labels]
+        rows.append(cells)
+    return "<h3>Dice per label</h3>" + _table(header, rows)
+
+
+def _has_values(df: pd.DataFrame, column: str) -> bool:
+    cols = [c for c in (column, f"initial_{column}") if c in df.columns]
+    return any(np.isfinite(pd.to_numeric(df[c], errors="coerce")).any() for c in cols)
+
+
+def _plots_section(df: pd.DataFrame) -> str:
+    parts, missing = [], []
+    for column, title, ylabel, log in BOXPLOTS:
+        if column not in df.columns or not _has_values(df, column):
+            missing.append(column)
+            continue
+        try:
+            png = figures.boxplot_by_method(df, column, title=title, ylabel=ylabel, logscale=log)
+        except Exception as exc:  # a plot is never worth losing the report
+            LOGGER.warning("box plot of %s failed: %s", column, exc)
+            missing.append(column)
+            continue
+        caption = f"{title} per method ({column})"
+        if figures.initial_column(df, column):
+            caption += "; grey: before registration"
+        parts.append(_figure(png, caption))
+    text = '<h2 id="plots">Metrics per method</h2><div class="figs">' + "".join(parts) + "</div>"
+    if missing:
+        text += _note("No values for: " + ", ".join(missing) + ".")
+    return text
+
+
+def _failures_section(df: pd.DataFrame) -> str:
+    failed = df[df["status"].astype(str) != "ok"] if "status" in df.columns else df.iloc[:0]
+    head = f'<h2 id="failures">Failures ({len(failed)})</h2>'
+    if failed.empty:
+        return head + "<p>All registrations succeeded.</p>"
+    rows = [
+        [
+            _td(_esc(r.get("subject", ""))),
+            _td(_esc(r.get("session", ""))),
+            _td(_esc(_pair_label(r.get("fixed", ""), r.get("moving", "")))),
+            _td(_esc(r.get("method", ""))),
+            _td(_esc(r.get("error", "") or "(no reason given)")),
+        ]
+        for _, r in failed.iterrows()
+    ]
+    return head + _table(["subject", "session", "pair", "method", "error"], rows)
+
+
+# --- per-subject figures --------------------------------------------------------------------
+
+
+def warped_path(row: pd.Series | dict[str, Any], output_dir: Path) -> Path | None:
+    """The warped moving image of an evaluation row (``warped`` column, else by name).
+
+    Returns ``None`` when the row's labels cannot make a valid BIDS name.
+    """
+    given = row.get("warped", "")
+    if not _is_missing(given):
+        path = Path(str(given))
+        return path if path.is_absolute() else Path(output_dir) / path
+    session = str(row.get("session", "") or "") or None
+    try:
+        subject = str(row.get("subject", ""))
+        folder = naming.subject_dir(subject, session)
+        name = naming.warped_name(
+            subject,
+            session,
+            str(row.get("fixed", "")),
+            str(row.get("moving", "")),
+            str(row.get("method", "")),
+        )
+    except MmregError:
+        return None
+    return Path(output_dir) / folder / name
+
+
+#: ``key-value`` entities and the suffix of a BIDS file name.
+_BIDS_NAME = re.compile(
+    r"^(?P<entities>(?:[A-Za-z]+-[A-Za-z0-9]+_)*)(?P<suffix>[A-Za-z0-9]+)"
+    r"\.nii(?:\.gz)?$"
+)
+
+
+def _matches_label(filename: str, label: str) -> bool:
+    """Whether a BIDS file could carry the modality ``label`` (see :mod:`naming`).
+
+    A label is the suffix plus, only where needed to tell images apart, some
+    of the file's entities in :data:`naming.LABEL_ENTITIES` order.
+    """
+    match = _BIDS_NAME.match(filename)
+    if match is None or not label.startswith(match["suffix"]):
+        return False
+    entities = dict(e.split("-", 1) for e in match["entities"].rstrip("_").split("_") if e)
+    rest = label[len(match["suffix"]) :]
+    for key in naming.LABEL_ENTITIES:
+        if key not in entities:
+            continue
+        value = entities[key][:1].upper() + entities[key][1:]
+        piece = value if key == "acq" else key.capitalize() + value
+        if rest.startswith(piece):
+            rest = rest[len(piece) :]
+    return rest == ""
+
+
+def find_source_image(
+    row: pd.Series | dict[str, Any], role: str, bids_dir: Path | None
+) -> Path | None:
+    """The input image of ``role`` (``"fixed"``/``"moving"``) of an evaluation row.
+
+    Uses the ``<role>_image`` column when it names an existing file, else
+    searches ``bids_dir`` for the subject's (and session's) NIfTI image whose
+    suffix and entities give the row's modality label (``T1w``, ``T2wHighres``).
+    """
+    given = row.get(f"{role}_image", "")
+    if not _is_missing(given):
+        path = Path(str(given))
+        if not path.is_absolute() and bids_dir is not None:
+            path = Path(bids_dir) / path
+        if path.is_file():
+            return path
+    label = str(row.get(role, "") or "")
+    if bids_dir is None or not label:
+        return None
+    subject, session = str(row.get("subject", "")), str(row.get("session", "") or "")
+    folder = Path(bids_dir) / f"sub-{subject}"
+    if session:
+        folder /= f"ses-{session}"
+    prefix = f"sub-{subject}_" + (f"ses-{session}_" if session else "")
+    hits = sorted(
+        p
+        for p in folder.glob(f"*/{prefix}*.nii*")
+        if p.is_file() and _matches_label(p.name[len(prefix) :], label)
+    )
+    return hits[0] if hits else None
+
+
+def _load(path: Path | None, cache: dict[Path, Image | str]) -> Image | str:
+    """The image at ``path``, or a one-line reason why there is none."""
+    if path is None:
+        return "not found"
+    if path not in cache:
+        try:
+            cache[path] = load_image(path, check_contents=False)
+        except Exception as exc:  # report the reason; the report goes on
+            cache[path] = " ".join(str(exc).split()) or type(exc).__name__
+    return cache[path]
+
+
+def _overlay(fixed: Image, other: Image, title: str, caption: str) -> str:
+    try:
+        return _figure(figures.overlay_figure(fixed, other, title=title), caption)
+    except Exception as exc:  # a figure is never worth losing the report
+        LOGGER.warning("figure %r failed: %s", title, exc)
+        return _note(f"{caption}: figure failed ({' '.join(str(exc).split())})")
+
+
+def _pair_section(group: pd.DataFrame, output_dir: Path, bids_dir: Path | None) -> str:
+    first = group.iloc[0]
+    fixed_label, moving_label = first.get("fixed", ""), first.get("moving", "")
+    parts = [f"<h4>{_esc(_pair_label(fixed_label, moving_label))}</h4>"]
+    metrics = [m for m in SUBJECT_METRICS if m[0] in group.columns]
+    rows, classes = [], []
+    for _, r in group.iterrows():
+        ok = str(r.get("status", "")) == "ok"
+        cells = [_td(_esc(r.get("method", ""))), _td(_esc(r.get("status", "")))]
+        cells += [_td(_esc(_num(r.get(c), d)), num=True) for c, _, d in metrics]
+        rows.append(cells)
+        classes.append("" if ok else "failed")
+    parts.append(
+        _table(["method", "status"] + [_esc(t) for _, t, _ in metrics], rows, row_classes=classes)
+    )
+
+    cache: dict[Path, Image | str] = {}
+    fixed_path = find_source_image(first, "fixed", bids_dir)
+    fixed = _load(fixed_path, cache)
+    if isinstance(fixed, str):
+        parts.append(_note(f"No figures: fixed image ({fixed_label}) {fixed}."))
+        return "\n".join(parts)
+    figs = []
+    moving = _load(find_source_image(first, "moving", bids_dir), cache)
+    if isinstance(moving, Image):
+        figs.append(
+            _overlay(
+                fixed,
+                moving,
+                "before registration",
+                f"before registration: {moving_label} as it lies in world space",
+            )
+        )
+    for _, r in group.iterrows():
+        method = str(r.get("method", ""))
+        if str(r.get("status", "")) != "ok":
+            figs.append(_note(f"{method}: failed ({r.get('error', '') or 'no reason given'})"))
+            continue
+        warped = _load(warped_path(r, output_dir), cache)
+        if isinstance(warped, str):
+            figs.append(_note(f"{method}: warped image {warped}"))
+            continue
+        figs.append(_overlay(fixed, warped, method, f"{method}: {moving_label} warped"))
+    parts.append('<div class="figs">' + "".join(figs) + "</div>")
+    return "\n".join(parts)
+
+
+def _subjects_section(
+    df: pd.DataFrame, output_dir: Path, bids_dir: Path | None, max_subjects: int | None
+) -> str:
+    head = '<h2 id="subjects">Alignment per subject</h2>'
+    if df.empty or "subject" not in df.columns:
+        return head + _note("No subjects.")
+    subjects = sorted(df["subject"].astype(str).unique())
+    shown = subjects if max_subjects is None else subjects[: max(0, max_subjects)]
+    intro = (
+        '<p class="meta">Top row: the fixed image with the edges of the warped moving image '
+        "(orange); bottom row: a checkerboard of the fixed and the warped image; mid slices, "
+        "intensities scaled between the 1st and 99th percentiles.</p>"
+    )
+    if len(shown) < len(subjects):
+        intro += _note(
+            f"Figures for the first {len(shown)} of {len(subjects)} subjects only "
+            "(max_subjects); all subjects are in the tables and the CSVs."
+        )
+    parts = [head, intro]
+    keys = [k for k in ("session", "fixed", "moving") if k in df.columns]
+    for subject in shown:
+        rows = df[df["subject"].astype(str) == subject]
+        parts.append(f'<h3 id="sub-{_esc(subject)}">sub-{_esc(subject)}</h3>')
+        for key, group in rows.groupby(keys, sort=True, dropna=False) if keys else [((), rows)]:
+            key = key if isinstance(key, tuple) else (key,)
+            session = dict(zip(keys, key, strict=True)).get("session", "")
+            if session:
+                parts.append(f"<p class='meta'>ses-{_esc(session)}</p>")
+            parts.append(_pair_section(group, output_dir, bids_dir))
+    return "\n".join(parts)
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def build_report(
+    df: pd.DataFrame,
+    summary: pd.DataFrame,
+    *,
+    output_dir: Path,
+    bids_dir: Path | None = None,
+    extra_sections: Sequence[tuple[str, str]] | None = None,
+    max_subjects: int | None = 20,
+    title: str = "mmreg registration report",
+) -> str:
+    """The report as one HTML string.
+
+    Args:
+        df: All evaluation rows (:func:`mmreg.bids_app.group.aggregate`).
+        summary: Per-method summary (:func:`mmreg.bids_app.group.summarise`).
+        output_dir: The derivatives folder (warped images, ``logs/``).
+        bids_dir: Input dataset, to find fixed/moving images by name when the
+            rows do not carry their paths.
+        extra_sections: ``(title, html)`` appended at the end; the HTML is
+            trusted (inserted unescaped), the title is escaped.
+        max_subjects: Subjects with alignment figures (first in label order);
+            ``None`` for all.
+        title: Page title.
+    """
+    output_dir = Path(output_dir)
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    n_subjects = df["subject"].nunique() if "subject" in df.columns else 0
+    n_failed = int((df["status"].astype(str) != "ok").sum()) if "status" in df.columns else 0
+    methods = sorted(df["method"].astype(str).unique()) if "method" in df.columns else []
+    extras = list(extra_sections or [])
+    nav = [
+        ("summary", "Summary"),
+        ("plots", "Plots"),
+        ("failures", "Failures"),
+        ("subjects", "Subjects"),
+    ]
+    nav += [(f"extra-{i}", t) for i, (t, _) in enumerate(extras)]
+    body = [
+        f"<h1>{_esc(title)}</h1>",
+        f'<p class="meta">mmreg {_esc(__version__)} · generated {_esc(now)} · '
+        f"{len(df)} registration(s) of {n_subjects} subject(s) with {len(methods)} method(s) "
+        f"({_esc(', '.join(methods))}) · {n_failed} failed · "
+        f"<code>{_esc(output_dir)}</code></p>",
+        "<nav>" + "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in nav) + "</nav>",
+        _config_section(output_dir),
+        _summary_section(summary),
+        _plots_section(df),
+        _failures_section(df),
+        _subjects_section(df, output_dir, bids_dir, max_subjects),
+    ]
+    body += [f'<h2 id="extra-{i}">{_esc(t)}</h2>\n{h}' for i, (t, h) in enumerate(extras)]
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(b for b in body if b)
+        + "\n</body>\n</html>\n"
+    )

@@ -1,0 +1,259 @@
+"""Running the levels: participant (Pydra workflow + derivatives), group, demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mmreg.bids_app import derivatives
+from mmreg.bids_app.config import Config
+from mmreg.bids_app.logs import LOGGER, setup_logging
+from mmreg.errors import MmregError
+
+#: Exit codes of the contract.
+EXIT_OK, EXIT_SOME_FAILED, EXIT_SOFTWARE = 0, 65, 70
+
+os.environ.setdefault("NO_ET", "1")
+
+
+def _log_dir(config: Config) -> Path:
+    return Path(config.output_dir) / "logs" / config.run_id
+
+
+def _threads_per_task(nprocs: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, nprocs))
+
+
+class _Progress:
+    """Counts finished registrations in the work dir while Pydra runs."""
+
+    def __init__(self, cache_root: Path, total: int) -> None:
+        from tqdm import tqdm
+
+        self._root, self._stop = cache_root, threading.Event()
+        self._bar = tqdm(total=total, desc="registrations", unit="pair", leave=True, disable=None)
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _count(self) -> int:
+        return sum(
+            1
+            for p in self._root.glob("python-*/result.json")
+            if (p.parent / "_result.pklz").exists()
+        )
+
+    def _watch(self) -> None:
+        while not self._stop.wait(2.0):
+            self._bar.n = min(self._bar.total, self._count())
+            self._bar.refresh()
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._bar.n = min(self._bar.total, self._count())
+        self._bar.close()
+
+
+def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any] = ()) -> int:
+    """Register every pair with every method and write the derivatives.
+
+    Returns:
+        0 when every (pair, method) row is ``ok``, 65 when some failed.
+    """
+    from mmreg.provenance import code_fingerprint
+    from mmreg.workflows.participant import init_participant_wf
+
+    output_dir = Path(config.output_dir)
+    log_path = setup_logging(_log_dir(config), verbose=config.verbose)
+    config.save(_log_dir(config) / "config.json")
+    derivatives.write_dataset_description(output_dir, source=Path(config.bids_dir))
+    LOGGER.info(
+        "%d pair(s) x %d method(s); work dir %s; log %s",
+        len(pairs),
+        len(config.methods),
+        config.work_dir,
+        log_path,
+    )
+
+    by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for pair in pairs:
+        record = pair.to_dict()
+        record["bids_dir"] = str(config.bids_dir)
+        by_subject[pair.subject].append(record)
+    rows_by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    if by_subject:
+        nprocs = max(1, config.nprocs)
+        wf = init_participant_wf(
+            subjects=list(by_subject.values()),
+            methods=list(config.methods),
+            spacing=config.resolution,
+            mask=config.mask,
+            prealign=config.prealign,
+            seed=config.random_seed,
+            device=config.device,
+            threads=_threads_per_task(nprocs),
+            label_table=_label_table(config),
+            code=code_fingerprint(),
+        )
+        cache_root = Path(config.work_dir)
+        cache_root.mkdir(parents=True, exist_ok=True)
+        worker_kwargs: dict[str, Any] = {}
+        if config.worker == "cf":
+            worker_kwargs["n_procs"] = nprocs
+        try:
+            with _Progress(cache_root, len(pairs) * len(config.methods)):
+                outputs = wf(worker=config.worker, cache_root=cache_root, **worker_kwargs)
+        except Exception as exc:
+            logging.getLogger("mmreg.engine").debug("workflow failed", exc_info=True)
+            LOGGER.error(
+                "the workflow engine failed (%s); details in %s",
+                " ".join(str(exc).split())[:300],
+                log_path,
+            )
+            return EXIT_SOFTWARE
+        for records, rows in zip(by_subject.values(), outputs.rows, strict=True):
+            rows_by_subject[records[0]["subject"]].extend(
+                _write_rows(output_dir, records, rows, len(config.methods))
+            )
+
+    for item in missing:
+        for method in config.methods:
+            rows_by_subject[item.subject].append(
+                {
+                    "subject": item.subject,
+                    "session": item.session or "",
+                    "fixed": item.fixed_label,
+                    "moving": item.moving_label,
+                    "method": method,
+                    "status": "failed",
+                    "error": item.reason,
+                }
+            )
+
+    n_failed = 0
+    for subject in sorted(rows_by_subject):
+        rows = rows_by_subject[subject]
+        derivatives.write_subject_csv(output_dir, subject, rows)
+        for row in rows:
+            if row["status"] != "ok":
+                n_failed += 1
+                LOGGER.warning(
+                    "sub-%s %s->%s %s failed: %s",
+                    subject,
+                    row["moving"],
+                    row["fixed"],
+                    row["method"],
+                    row["error"],
+                )
+    total = sum(len(r) for r in rows_by_subject.values())
+    LOGGER.info("%d of %d registration(s) ok; results in %s", total - n_failed, total, output_dir)
+    return EXIT_SOME_FAILED if n_failed else EXIT_OK
+
+
+def _label_table(config: Config) -> str | None:
+    if not config.ground_truth:
+        return None
+    table = Path(config.ground_truth) / "dseg.tsv"
+    return str(table) if table.exists() else None
+
+
+def _write_rows(
+    output_dir: Path,
+    records: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    n_methods: int,
+) -> list[dict[str, Any]]:
+    """Write one subject's derivatives; rows come pair-major, method-minor."""
+    out = []
+    log = logging.getLogger("mmreg.results")
+    for i, row in enumerate(rows):
+        pair = records[i // n_methods]
+        if row.get("_traceback"):
+            log.debug(
+                "sub-%s %s %s traceback:\n%s",
+                pair["subject"],
+                pair["moving_label"],
+                row.get("method"),
+                row["_traceback"],
+            )
+        try:
+            row = derivatives.write_pair_outputs(output_dir, pair, row)
+        except (OSError, MmregError) as exc:
+            row = {**row, "status": "failed", "error": f"could not write derivatives: {exc}"}
+        out.append(derivatives.public_row(pair, row))
+    return out
+
+
+def run_group(config: Config) -> int:
+    """Aggregate participant CSVs into ``group/`` and write the HTML report."""
+    from mmreg.bids_app.group import run_group_level
+
+    setup_logging(_log_dir(config), verbose=config.verbose)
+    config.save(_log_dir(config) / "config.json")
+    paths = run_group_level(Path(config.output_dir), bids_dir=Path(config.bids_dir))
+    LOGGER.info("group results: %s", ", ".join(str(p) for p in paths.values()))
+    return EXIT_OK
+
+
+def run_demo(
+    *,
+    out: Path,
+    dataset: str = "brain",
+    subjects: int = 3,
+    seed: int = 0,
+    methods: Sequence[str] = ("ants-affine",),
+    max_rotation: float = 20.0,
+    worker: str = "cf",
+    nprocs: int = 1,
+    device: str = "auto",
+    verbose: int = 0,
+) -> int:
+    """Generate a demo BIDS dataset in ``out/bids``, then run both levels on it.
+
+    Returns:
+        The participant level's exit code (0, or 65 if some pairs failed).
+    """
+    from mmreg.bids_app.demo_data import write_demo_dataset
+    from mmreg.bids_app.query import find_pairs
+    from mmreg.errors import UsageError
+
+    if dataset != "brain":
+        raise UsageError(f"--dataset {dataset}: only the brain demo is available so far")
+    bids_dir = out / "bids"
+    t0 = time.perf_counter()
+    write_demo_dataset(bids_dir, n_subjects=subjects, seed=seed, max_rotation_deg=max_rotation)
+    LOGGER.info("demo dataset: %d subject(s) in %s (%.1f s)", subjects, bids_dir,
+                time.perf_counter() - t0)
+    config = Config(
+        bids_dir=str(bids_dir),
+        output_dir=str(bids_dir / "derivatives" / "mmreg"),
+        analysis_level="participant",
+        ground_truth=str(bids_dir / "derivatives" / "ground-truth"),
+        fixed={"suffix": "T1w"},
+        moving=({"suffix": "T2w"}, {"suffix": "PDw"}),
+        methods=tuple(methods),
+        work_dir=str(out / "work"),
+        worker=worker,
+        nprocs=nprocs,
+        random_seed=seed,
+        device=device,
+        verbose=verbose,
+    )
+    pairs, missing = find_pairs(config)
+    status = run_participant(config, pairs, missing)
+    if status not in (EXIT_OK, EXIT_SOME_FAILED):
+        return status
+    run_group(config.replace(analysis_level="group"))
+    LOGGER.info("report: %s", Path(config.output_dir) / "group" / "report.html")
+    return status

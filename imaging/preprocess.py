@@ -1,0 +1,511 @@
+"""Engine-free preprocessing: orientation, isotropic resampling, intensity, masks, pre-alignment.
+
+Every function works on 2D and 3D :class:`~mmreg.imaging.image.Image` objects
+and keeps world coordinates (RAS mm) intact: a structure at world point ``p``
+before a step is still at ``p`` afterwards. Registration methods therefore see
+images in a canonical layout, while the transforms they estimate stay valid for
+the original, unprocessed images.
+
+The pre-alignment matrix follows the ITK convention used across mmreg: it maps
+*fixed*-space world points to *moving*-space world points.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from mmreg.errors import InputError, UsageError
+from mmreg.imaging.image import Image
+from mmreg.typing import Matrix4
+
+PrealignMode = Literal["none", "com", "moments"]
+#: Accepted ``mode`` values of :func:`prealign`.
+PREALIGN_MODES: tuple[str, ...] = ("none", "com", "moments")
+
+#: Downsampling factor above which :func:`resample_isotropic` smooths first.
+ANTIALIAS_FACTOR = 1.5
+#: Relative eigenvalue gap below which principal axes are considered undefined.
+_DEGENERATE_GAP = 0.05
+#: Sign-choice scores this close to the best are treated as ties (see ``_best_rotation``).
+_SCORE_TIE = 0.02
+
+
+# --------------------------------------------------------------------------- orientation
+
+
+def reorient_canonical(img: Image) -> Image:
+    """Permute and flip the array axes to the closest canonical (RAS+) orientation.
+
+    Same semantics as :func:`nibabel.as_closest_canonical`: voxel axis ``i``
+    ends up pointing (mostly) along world axis ``i`` in the positive direction.
+    Only axis permutations and flips are applied, so no interpolation happens
+    and the world coordinate of every voxel is unchanged. A 2D image keeps its
+    two axes, ordered and flipped by the world axes they are closest to (a
+    coronal slice becomes ``(R, S)``).
+
+    Args:
+        img: 2D or 3D image.
+
+    Returns:
+        The reoriented image (the input itself when it is already canonical).
+
+    Example:
+        >>> import numpy as np
+        >>> flipped = Image(np.arange(6.0).reshape(2, 3), np.diag([-1.0, 1.0, 1.0, 1.0]))
+        >>> canon = reorient_canonical(flipped)
+        >>> canon.data[:, 0].tolist(), np.diag(canon.affine).tolist()
+        ([3.0, 0.0], [1.0, 1.0, 1.0, 1.0])
+    """
+    if img.ndim == 3:
+        ornt = nib.orientations.io_orientation(img.affine)
+        to_old = nib.orientations.inv_ornt_aff(ornt, img.shape)
+    else:
+        # Orient the two in-plane axes only; the slice normal (column 2) is not an array axis.
+        cols = [0, 1, 3]
+        world_axes = nib.orientations.io_orientation(img.affine[:, cols])
+        ranks = np.argsort(np.argsort(world_axes[:, 0]))
+        ornt = np.column_stack([ranks, world_axes[:, 1]]).astype(np.float64)
+        to_old = np.eye(4)
+        to_old[np.ix_(cols, cols)] = nib.orientations.inv_ornt_aff(ornt, img.shape)
+    if np.array_equal(ornt, np.column_stack([np.arange(img.ndim), np.ones(img.ndim)])):
+        return img
+    data = np.ascontiguousarray(nib.orientations.apply_orientation(img.data, ornt))
+    return Image(data, img.affine @ to_old)
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def _complete_affine(img: Image) -> Matrix4:
+    """The affine with an invertible 4x4 form (2D images may carry a zero slice column)."""
+    aff = img.affine.copy()
+    if img.ndim == 2 and abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+        normal = np.cross(aff[:3, 0], aff[:3, 1])
+        aff[:3, 2] = normal / np.linalg.norm(normal)
+    return aff
+
+
+def isotropic_grid_affine(img: Image, spacing: float) -> tuple[tuple[int, ...], Matrix4]:
+    """Shape and affine of the isotropic grid :func:`resample_isotropic` samples onto.
+
+    The new axes keep the directions of the image axes; the number of voxels
+    along axis ``k`` is ``round(shape[k] * spacing_k / spacing)`` (at least 1)
+    and the grid is centred on the old field of view, so the extent changes by
+    less than one new voxel.
+
+    Args:
+        img: 2D or 3D image.
+        spacing: New voxel size in mm.
+
+    Returns:
+        ``(shape, affine)`` of the new grid.
+    """
+    if not np.isfinite(spacing) or spacing <= 0:
+        raise ValueError(f"spacing must be a positive number of mm, got {spacing!r}")
+    nd = img.ndim
+    old_shape = np.asarray(img.shape, dtype=np.float64)
+    old_spacing = np.asarray(img.spacing)
+    counts = np.floor(old_shape * old_spacing / spacing + 0.5)
+    new_shape = tuple(max(1, int(n)) for n in counts)
+    aff = _complete_affine(img)
+    centre = aff[:3, :nd] @ ((old_shape - 1) / 2) + aff[:3, 3]
+    new_aff = aff.copy()
+    new_aff[:3, :nd] = aff[:3, :nd] / old_spacing * spacing
+    new_aff[:3, 3] = centre - new_aff[:3, :nd] @ ((np.asarray(new_shape) - 1) / 2)
+    return new_shape, new_aff
+
+
+def resample_isotropic(img: Image, spacing: float, *, order: int = 1) -> Image:
+    """Resample onto an isotropic grid covering the same field of view.
+
+    The new grid's axes are parallel to the image's own axes (no rotation is
+    introduced) and its centre coincides with the old grid's centre, so world
+    positions of structures are preserved. When an axis is downsampled by more
+    than ``ANTIALIAS_FACTOR`` and ``order > 0``, it is first smoothed with a
+    Gaussian of ``sigma = (factor - 1) / 2`` old voxels to avoid aliasing.
+    Samples outside the old grid take the nearest edge value.
+
+    Args:
+        img: 2D or 3D image.
+        spacing: Isotropic voxel size in mm.
+        order: Spline order (0 nearest, for label maps; 1 linear; 3 cubic).
+
+    Returns:
+        The resampled image: float32 for ``order > 0``, the input dtype for
+        ``order == 0``.
+
+    Example:
+        >>> import numpy as np
+        >>> img = Image(np.ones((10, 20, 5), np.float32), np.diag([2.0, 1.0, 4.0, 1.0]))
+        >>> out = resample_isotropic(img, 2.0)
+        >>> out.shape, out.spacing
+        ((10, 10, 10), (2.0, 2.0, 2.0))
+    """
+    new_shape, new_aff = isotropic_grid_affine(img, spacing)
+    out_dtype = img.data.dtype if order == 0 else np.dtype(np.float32)
+    old_aff = _complete_affine(img)
+    if new_shape == img.shape and np.allclose(new_aff, old_aff, atol=1e-9):
+        return Image(img.data.astype(out_dtype, copy=True), img.affine)
+
+    nd = img.ndim
+    new_to_old = np.linalg.inv(old_aff) @ new_aff
+    data = img.data
+    if order > 0:
+        data = data.astype(np.float32, copy=False)
+        factors = spacing / np.asarray(img.spacing)
+        sigma = np.where(factors > ANTIALIAS_FACTOR, (factors - 1) / 2, 0.0)
+        if np.any(sigma > 0):
+            data = ndimage.gaussian_filter(data, sigma, mode="nearest")
+    out = ndimage.affine_transform(
+        data,
+        new_to_old[:nd, :nd],
+        offset=new_to_old[:nd, 3],
+        output_shape=new_shape,
+        output=out_dtype if order == 0 else np.float32,
+        order=order,
+        mode="nearest",
+    )
+    return Image(out, new_aff)
+
+
+# --------------------------------------------------------------------------- intensity
+
+
+def normalize_intensity(
+    img: Image,
+    *,
+    lower: float = 0.5,
+    upper: float = 99.5,
+    mask: npt.NDArray[np.bool_] | None = None,
+) -> Image:
+    """Map intensities robustly to ``[0, 1]``.
+
+    ``out = clip((x - p_lower) / (p_upper - p_lower), 0, 1)`` where ``p_q`` is
+    the ``q``-th percentile of the intensities inside ``mask``. Without a mask,
+    the percentiles are taken over the voxels brighter than the image minimum,
+    so a large constant background does not pull ``p_lower`` down to it.
+
+    Args:
+        img: 2D or 3D image.
+        lower: Percentile mapped to 0.
+        upper: Percentile mapped to 1.
+        mask: Boolean array of the image's shape selecting the voxels whose
+            percentiles are used (all voxels are still mapped).
+
+    Returns:
+        A float32 image with values in ``[0, 1]`` (all zeros for a constant image).
+
+    Example:
+        >>> import numpy as np
+        >>> img = Image(np.array([[0.0, 5.0], [10.0, 20.0]]))
+        >>> normalize_intensity(img, lower=0, upper=100, mask=img.data >= 0).data.tolist()
+        [[0.0, 0.25], [0.5, 1.0]]
+        >>> normalize_intensity(img, lower=0, upper=100).data.tolist()  # background excluded
+        [[0.0, 0.0], [0.3333333432674408, 1.0]]
+    """
+    if not 0 <= lower < upper <= 100:
+        raise ValueError(f"need 0 <= lower < upper <= 100, got lower={lower}, upper={upper}")
+    data = img.data.astype(np.float64)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != data.shape:
+            raise ValueError(f"mask shape {mask.shape} does not match image {data.shape}")
+        values = data[mask]
+    else:
+        values = data[data > data.min()] if data.size else data.ravel()
+    if values.size == 0:
+        values = data.ravel()
+    if values.size == 0:
+        return img.with_data(np.zeros(data.shape, np.float32))
+    lo, hi = np.percentile(values, [lower, upper])
+    if hi <= lo:
+        # Percentiles collapse on near-binary data; fall back to the full range.
+        lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return img.with_data((data > lo).astype(np.float32))
+    out = np.clip((data - lo) / (hi - lo), 0.0, 1.0)
+    return img.with_data(out.astype(np.float32))
+
+
+def _otsu_threshold(values: npt.NDArray[np.floating], bins: int = 256) -> float:
+    """Otsu's threshold: the histogram split maximising between-class variance."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    hist = hist.astype(np.float64)
+    w0 = np.cumsum(hist)
+    w1 = np.cumsum(hist[::-1])[::-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m0 = np.cumsum(hist * centres) / w0
+        m1 = (np.cumsum((hist * centres)[::-1]) / w1[::-1])[::-1]
+    between = w0[:-1] * w1[1:] * (m0[:-1] - m1[1:]) ** 2
+    if between.size == 0 or not np.any(np.isfinite(between)):
+        return float(centres[0])
+    return float(centres[int(np.nanargmax(between))])
+
+
+def foreground_mask(img: Image) -> npt.NDArray[np.bool_]:
+    """Boolean mask of the object: Otsu on a smoothed image, cleaned up.
+
+    Steps: Gaussian smoothing (sigma 1 voxel, to suppress noise), Otsu
+    threshold, largest face-connected component, hole filling, and a one-voxel
+    dilation (so the object's edge is inside the mask).
+
+    Args:
+        img: 2D or 3D image.
+
+    Returns:
+        Boolean array of the image's shape; all ``True`` when no foreground
+        can be separated (e.g. a constant image).
+
+    Example:
+        >>> import numpy as np
+        >>> data = np.zeros((16, 16)); data[4:12, 4:12] = 1.0
+        >>> mask = foreground_mask(Image(data))
+        >>> bool(mask[8, 8]), bool(mask[0, 0])
+        (True, False)
+    """
+    data = img.data.astype(np.float64)
+    smooth = ndimage.gaussian_filter(data, 1.0, mode="nearest")
+    if not np.isfinite(smooth).all() or smooth.max() <= smooth.min():
+        return np.ones(data.shape, dtype=bool)
+    fg = smooth > _otsu_threshold(smooth.ravel())
+    if not fg.any():
+        return np.ones(data.shape, dtype=bool)
+    labels, n = ndimage.label(fg)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        fg = labels == int(np.argmax(sizes))
+    fg = ndimage.binary_fill_holes(fg)
+    return ndimage.binary_dilation(fg, iterations=1)
+
+
+# --------------------------------------------------------------------------- pre-alignment
+
+
+def _plane_frame(img: Image) -> npt.NDArray[np.float64]:
+    """Right-handed orthonormal world frame whose first ``ndim`` columns span the image.
+
+    For 3D it is the identity. For 2D it depends only on the image plane (not
+    on the in-plane axis order or flips), so two slices in the same plane get
+    the same frame and the moments rotation stays in-plane.
+    """
+    if img.ndim == 3:
+        return np.eye(3)
+    normal = np.cross(img.affine[:3, 0], img.affine[:3, 1])
+    normal /= np.linalg.norm(normal)
+    normal *= np.sign(normal[np.argmax(np.abs(normal))])
+    axis = np.eye(3)[int(np.argmin(np.abs(normal)))]
+    b1 = axis - axis.dot(normal) * normal
+    b1 /= np.linalg.norm(b1)
+    return np.column_stack([b1, np.cross(normal, b1), normal])
+
+
+@dataclass(frozen=True)
+class _Moments:
+    centre: npt.NDArray[np.float64]  # world (3,)
+    frame: npt.NDArray[np.float64]  # (3, 3), see _plane_frame
+    eigvals: npt.NDArray[np.float64]  # (nd,), descending
+    axes: npt.NDArray[np.float64]  # (nd, nd) columns, in frame coordinates
+    skew: npt.NDArray[np.float64]  # (nd,), normalised third moment along each axis
+
+
+def _moment_weights(img: Image, weighting: str) -> npt.NDArray[np.float64]:
+    """Non-negative weights: the foreground mask, or intensity above the minimum inside it."""
+    mask = foreground_mask(img)
+    if weighting == "mask":
+        return mask.astype(np.float64)
+    data = img.data.astype(np.float64)
+    base = data - data.min()
+    weights = base * mask
+    if weights.sum() <= 0:
+        weights = base
+    if weights.sum() <= 0:
+        weights = np.ones_like(data)
+    return weights
+
+
+def _moments(img: Image, weighting: str) -> _Moments:
+    weights = _moment_weights(img, weighting)
+    idx = np.nonzero(weights)
+    w = weights[idx]
+    w = w / w.sum()
+    points = img.grid.voxel_to_world(np.column_stack(idx))
+    centre = w @ points
+    frame = _plane_frame(img)
+    local = ((points - centre) @ frame)[:, : img.ndim]
+    cov = (local * w[:, None]).T @ local
+    eigvals, axes = np.linalg.eigh(cov)
+    eigvals, axes = eigvals[::-1], axes[:, ::-1]
+    proj = local @ axes
+    with np.errstate(divide="ignore", invalid="ignore"):
+        skew = (w @ proj**3) / np.maximum(eigvals, 1e-12) ** 1.5
+    return _Moments(centre, frame, eigvals, axes, np.nan_to_num(skew))
+
+
+def _is_degenerate(eigvals: npt.NDArray[np.float64]) -> bool:
+    """True when two principal variances are too close for their axes to be defined."""
+    for a, b in itertools.combinations(eigvals, 2):
+        if abs(a - b) <= _DEGENERATE_GAP * max(abs(a), abs(b), 1e-12):
+            return True
+    return bool(np.any(eigvals <= 1e-12))
+
+
+def _rotation_angle(rot: npt.NDArray[np.float64]) -> float:
+    """Rotation angle (radians) of a 2x2 or 3x3 rotation matrix."""
+    cos = rot[0, 0] if rot.shape[0] == 2 else (np.trace(rot) - 1) / 2
+    return float(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def _best_rotation(fixed: _Moments, moving: _Moments) -> npt.NDArray[np.float64]:
+    """Proper rotation (frame coordinates) taking fixed principal axes to moving ones.
+
+    Eigenvectors have arbitrary signs. Of the sign choices that give
+    ``det = +1``, keep the one under which the skewness along each fixed axis
+    agrees in sign with the skewness along the matching moving axis, each axis
+    counting by its smaller skewness magnitude (its confidence). Choices
+    scoring within ``_SCORE_TIE`` of the best are decided by the smallest
+    rotation angle: symmetric objects (|skew| < 0.005 on smooth heads) carry
+    no sign information, and images are usually roughly aligned already.
+    """
+    nd = fixed.axes.shape[0]
+    agree = np.sign(fixed.skew * moving.skew) * np.minimum(np.abs(fixed.skew), np.abs(moving.skew))
+    candidates = []
+    for signs in itertools.product((1.0, -1.0), repeat=nd):
+        rot = moving.axes @ np.diag(signs) @ fixed.axes.T
+        if np.linalg.det(rot) <= 0:
+            continue
+        candidates.append((float(np.dot(signs, agree)), rot))
+    best = max(score for score, _ in candidates)
+    near = [rot for score, rot in candidates if score >= best - _SCORE_TIE]
+    return min(near, key=_rotation_angle)
+
+
+def prealign(fixed: Image, moving: Image, mode: str = "com") -> Matrix4:
+    """Initial fixed->moving world map (4x4, RAS mm) from image moments.
+
+    Moments are taken over world voxel positions ``p`` with weights ``w``;
+    the centre is ``c = sum(w p) / sum(w)``.
+
+    - ``"none"``: identity.
+    - ``"com"``: translation ``p -> p + (c_moving - c_fixed)``, with ``w`` the
+      intensity above the image minimum inside :func:`foreground_mask`.
+    - ``"moments"``: ``p -> c_moving + R (p - c_fixed)``, with ``w`` the
+      foreground mask itself (shape moments, so that contrast differences
+      between modalities do not tilt the axes). ``R`` is the proper rotation
+      taking the fixed principal axes (eigenvectors of the second moments)
+      onto the moving ones; axis signs are resolved by the third moments
+      (skewness), and where those give no information (a symmetric object) by
+      the smallest rotation angle. When two principal variances are within 5%
+      of each other the axes are undefined and ``R`` is the identity. For 2D
+      images the rotation stays in the image plane.
+
+    Args:
+        fixed: Fixed (reference) image.
+        moving: Moving image, same dimensionality.
+        mode: ``"none"``, ``"com"`` or ``"moments"``.
+
+    Returns:
+        4x4 matrix ``M`` with ``p_moving = M @ p_fixed`` (homogeneous).
+
+    Raises:
+        UsageError: Unknown ``mode``.
+        InputError: The images differ in dimensionality.
+
+    Example:
+        >>> import numpy as np
+        >>> a = np.zeros((16, 16, 16)); a[4:8, 4:8, 4:8] = 1
+        >>> b = np.roll(a, 3, axis=0)
+        >>> prealign(Image(a), Image(b), "com")[:3, 3].round(6).tolist()
+        [3.0, 0.0, 0.0]
+    """
+    if mode not in PREALIGN_MODES:
+        raise UsageError(
+            f"unknown pre-alignment {mode!r}; choose one of {', '.join(PREALIGN_MODES)}"
+        )
+    if fixed.ndim != moving.ndim:
+        raise InputError(
+            f"cannot pre-align a {fixed.ndim}D fixed image with a {moving.ndim}D moving image"
+        )
+    matrix = np.eye(4)
+    if mode == "none":
+        return matrix
+    # Intensities differ between modalities, the object's shape does not: the rotation
+    # comes from the mask alone (about 1 degree instead of 4-8 degrees across MR contrasts).
+    weighting = "mask" if mode == "moments" else "intensity"
+    mf, mm = _moments(fixed, weighting), _moments(moving, weighting)
+    rot = np.eye(3)
+    if mode == "moments" and not (_is_degenerate(mf.eigvals) or _is_degenerate(mm.eigvals)):
+        local = np.eye(3)
+        local[: fixed.ndim, : fixed.ndim] = _best_rotation(mf, mm)
+        rot = mm.frame @ local @ mf.frame.T
+    matrix[:3, :3] = rot
+    matrix[:3, 3] = mm.centre - rot @ mf.centre
+    return matrix
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """How :func:`preprocess` and :func:`prealign` prepare images for a method.
+
+    Attributes:
+        spacing: Isotropic voxel size in mm.
+        normalize: Map intensities robustly to [0, 1].
+        mask: Zero the background outside :func:`foreground_mask`.
+        prealign: Pre-alignment mode: ``"none"``, ``"com"`` or ``"moments"``.
+    """
+
+    spacing: float = 2.0
+    normalize: bool = True
+    mask: bool = False
+    prealign: str = "com"
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.spacing) or self.spacing <= 0:
+            raise UsageError(f"spacing must be a positive number of mm, got {self.spacing!r}")
+        if self.prealign not in PREALIGN_MODES:
+            raise UsageError(
+                f"unknown pre-alignment {self.prealign!r}; "
+                f"choose one of {', '.join(PREALIGN_MODES)}"
+            )
+
+
+def preprocess(img: Image, options: PreprocessOptions | None = None) -> Image:
+    """Canonical orientation -> isotropic resampling -> optional mask -> normalisation.
+
+    With ``options.mask`` the normalisation percentiles are taken inside the
+    foreground mask and the background is set to 0 afterwards.
+
+    Args:
+        img: 2D or 3D image.
+        options: Preprocessing options (defaults: 2 mm, normalised, unmasked).
+
+    Returns:
+        A float32 image on an isotropic canonical grid; world positions are
+        unchanged, so transforms estimated on it apply to ``img`` directly.
+
+    Example:
+        >>> import numpy as np
+        >>> img = Image(np.random.default_rng(0).random((8, 8, 8)), np.diag([-1, 1, 1, 1.0]))
+        >>> out = preprocess(img, PreprocessOptions(spacing=1.0))
+        >>> np.diag(out.affine).tolist(), float(out.data.min()), float(out.data.max())
+        ([1.0, 1.0, 1.0, 1.0], 0.0, 1.0)
+    """
+    options = options or PreprocessOptions()
+    out = resample_isotropic(reorient_canonical(img), options.spacing, order=1)
+    mask = foreground_mask(out) if options.mask else None
+    if options.normalize:
+        out = normalize_intensity(out, mask=mask)
+    if mask is not None:
+        out = out.with_data(np.where(mask, out.data, 0).astype(np.float32))
+    return out

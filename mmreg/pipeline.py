@@ -1,0 +1,129 @@
+"""The steps one image pair goes through, free of any workflow engine.
+
+``prepare`` (validate, reorient, resample, normalise, pre-align) ->
+``register`` (one method or chain) -> ``evaluate`` (warp the original moving
+image onto the original fixed grid and measure). ``mmreg.tasks`` wraps each
+step as a Pydra task that reads and writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from mmreg.errors import InputError, MmregError
+from mmreg.imaging.evaluation import evaluate_transform, folding_pct
+from mmreg.imaging.groundtruth import GroundTruth
+from mmreg.imaging.image import Image, load_image
+from mmreg.imaging.preprocess import PreprocessOptions, prealign, preprocess
+from mmreg.imaging.transform import Transform
+from mmreg.methods import RegistrationResult, run_chain
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a step failed: a one-line reason for the table, a traceback for the log."""
+
+    reason: str
+    traceback: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> Failure:
+        if isinstance(exc, MmregError):
+            reason = str(exc)
+        else:
+            # Unexpected errors still give a one-line row; the log has the rest.
+            detail = " ".join(str(exc).split()) or "no message"
+            reason = f"internal error: {type(exc).__name__}: {detail}"[:500]
+        return cls(reason=reason, traceback="".join(traceback.format_exception(exc)))
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PreparedPair:
+    fixed: Image
+    moving: Image
+    initial: Transform
+
+
+def prepare(fixed_path: str, moving_path: str, options: PreprocessOptions) -> PreparedPair:
+    """Validate and preprocess both images and compute the pre-alignment."""
+    fixed = load_image(fixed_path)
+    moving = load_image(moving_path)
+    if fixed.ndim != moving.ndim:
+        raise InputError(
+            f"fixed image is {fixed.ndim}D but moving image is {moving.ndim}D; "
+            "both must have the same dimensionality"
+        )
+    fixed_pre = preprocess(fixed, options)
+    moving_pre = preprocess(moving, options)
+    initial = Transform.from_affine(
+        prealign(fixed_pre, moving_pre, options.prealign), ndim=fixed.ndim
+    )
+    return PreparedPair(fixed_pre, moving_pre, initial)
+
+
+def register(
+    prepared: PreparedPair,
+    method: str,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    threads: int = 1,
+) -> RegistrationResult:
+    """Register the preprocessed pair with a method or an ``A+B`` chain."""
+    return run_chain(
+        method,
+        prepared.fixed,
+        prepared.moving,
+        initial=prepared.initial,
+        seed=seed,
+        device=device,
+        threads=threads,
+    )
+
+
+def evaluate(
+    fixed_path: str,
+    moving_path: str,
+    transform: Transform,
+    ground_truth: GroundTruth,
+) -> tuple[Image, dict[str, float]]:
+    """Warp the original moving image onto the original fixed grid and measure.
+
+    Returns:
+        The warped moving image and the metric columns, including the
+        ``initial_*`` measures of the identity map.
+    """
+    fixed = load_image(fixed_path)
+    moving = load_image(moving_path)
+    t0 = time.perf_counter()
+    warped = transform.apply(moving, fixed.grid, interpolation="linear")
+    identity = Transform.identity(ndim=fixed.ndim)
+    row: dict[str, float] = {}
+    row.update(evaluate_transform(identity, ground_truth, prefix="initial_", with_hd95=True))
+    row.update(evaluate_transform(transform, ground_truth))
+    row["neg_jacobian_pct"] = folding_pct(transform, fixed.grid)
+    row["evaluation_s"] = time.perf_counter() - t0
+    return Image(warped.data.astype(np.float32), warped.affine), row
+
+
+def clean_row(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe copy of a row: NaN/inf become None."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, float | np.floating):
+            value = float(value)
+            out[key] = value if math.isfinite(value) else None
+        elif isinstance(value, np.integer):
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out

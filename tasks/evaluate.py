@@ -1,0 +1,69 @@
+"""Pydra task: warp the original moving image and measure the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fileformats.application import Json
+from pydra.compose import python
+
+from mmreg.imaging.groundtruth import load_ground_truth
+from mmreg.imaging.image import save_image
+from mmreg.imaging.transform import Transform
+from mmreg.pipeline import Failure, clean_row, evaluate
+from mmreg.tasks._manifest import read_manifest
+
+
+@python.define(outputs=["row"])
+def EvaluatePair(
+    pair: dict,
+    result: Json,
+    label_table: str = "",
+    code: str = "",
+) -> dict:
+    """One evaluation row for a (pair, method), with the warped image's path.
+
+    Args:
+        pair: The pair record, with ground-truth paths where they exist.
+        result: Manifest from :func:`RegisterPair`.
+        label_table: ``dseg.tsv`` naming the labels, or empty.
+        code: Code fingerprint; only here so a code change invalidates the cache.
+
+    Returns:
+        row: The CSV row (contract columns and per-label columns) plus private
+            ``_warped``/``_transform``/``_traceback`` entries for the writer.
+    """
+    del code
+    upstream = read_manifest(result)
+    row: dict[str, Any] = {
+        "method": upstream.get("method", ""),
+        "status": upstream["status"],
+        "error": upstream.get("error", ""),
+        "runtime_s": upstream.get("runtime_s"),
+        "_traceback": upstream.get("traceback", ""),
+    }
+    if upstream["status"] != "ok":
+        return row
+    try:
+        transform = Transform.read(upstream["transform"])
+        ground_truth = load_ground_truth(
+            fixed_labels=pair.get("fixed_dseg"),
+            moving_labels=pair.get("moving_dseg"),
+            fixed_landmarks=pair.get("fixed_landmarks"),
+            moving_landmarks=pair.get("moving_landmarks"),
+            label_table=label_table or None,
+        )
+        warped, metrics = evaluate(pair["fixed"], pair["moving"], transform, ground_truth)
+        warped_path = save_image(warped, Path.cwd() / "warped.nii.gz")
+    except Exception as exc:
+        failure = Failure.from_exception(exc)
+        row.update(status="failed", error=failure.reason, _traceback=failure.traceback)
+        return row
+    row.update(metrics)
+    row.update(
+        _warped=str(warped_path),
+        _transform=upstream["transform"],
+        extras=upstream.get("extras", {}),
+    )
+    return clean_row(row)

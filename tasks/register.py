@@ -1,0 +1,63 @@
+"""Pydra task: register a preprocessed pair with one method or chain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fileformats.application import Json
+from pydra.compose import python
+
+from mmreg.imaging.image import load_image
+from mmreg.imaging.transform import Transform
+from mmreg.pipeline import Failure, PreparedPair, register
+from mmreg.runtime import limit_threads, resolve_device
+from mmreg.tasks._manifest import failed_manifest, read_manifest, write_manifest
+
+
+@python.define(outputs=["result"])
+def RegisterPair(
+    prepared: Json,
+    method: str,
+    seed: int = 0,
+    device: str = "auto",
+    threads: int = 1,
+    code: str = "",
+) -> Json:
+    """Run ``method`` (``name`` or ``A+B``) on a prepared pair.
+
+    Args:
+        prepared: Manifest from :func:`PreparePair`.
+        method: Method name or chain, as on the command line.
+        seed: Random seed for the method.
+        device: ``auto``, ``cpu`` or ``cuda`` (learned methods only).
+        threads: Threads this task may use (ITK, torch).
+        code: Code fingerprint; only here so a code change invalidates the cache.
+
+    Returns:
+        result: Manifest with the fixed-to-moving transform file and runtime.
+    """
+    del code
+    upstream = read_manifest(prepared)
+    if upstream["status"] != "ok":
+        return Json(write_manifest("result.json", method=method, **upstream))
+    limit_threads(threads)
+    try:
+        pair = PreparedPair(
+            fixed=load_image(upstream["fixed"]),
+            moving=load_image(upstream["moving"]),
+            initial=Transform.read(upstream["initial"]),
+        )
+        result = register(pair, method, seed=seed, device=resolve_device(device), threads=threads)
+        suffix = ".txt" if result.transform.is_linear else ".h5"
+        xfm = result.transform.write(Path.cwd() / f"xfm{suffix}")
+    except Exception as exc:
+        return Json(failed_manifest("result.json", Failure.from_exception(exc), method=method))
+    return Json(
+        write_manifest(
+            "result.json",
+            method=method,
+            transform=str(xfm),
+            runtime_s=result.runtime_s,
+            extras=result.extras,
+        )
+    )

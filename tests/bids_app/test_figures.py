@@ -1,0 +1,88 @@
+"""Report figures: PNG bytes for box plots and overlays, 2D and 3D, robust to odd data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmreg.bids_app import figures
+from mmreg.imaging.image import Image
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "subject": ["01", "01", "02", "02", "03", "03"],
+            "session": [""] * 6,
+            "fixed": ["T1w"] * 6,
+            "moving": ["T2w"] * 6,
+            "method": ["a", "b"] * 3,
+            "status": ["ok", "ok", "ok", "failed", "ok", "ok"],
+            "initial_dice_mean": [0.5, 0.5, 0.6, 0.6, 0.4, 0.4],
+            "dice_mean": [0.7, 0.8, 0.75, np.nan, 0.72, 0.9],
+            "runtime_s": [0.5, 30.0, 0.7, 1.0, 0.6, 40.0],
+            "tre_mean_mm": [np.nan] * 6,
+        }
+    )
+
+
+def test_boxplot_returns_png() -> None:
+    png = figures.boxplot_by_method(_frame(), "dice_mean")
+    assert png.startswith(PNG)
+    assert png == figures.boxplot_by_method(_frame(), "dice_mean")  # deterministic jitter
+
+
+def test_boxplot_log_scale_and_all_nan() -> None:
+    assert figures.boxplot_by_method(_frame(), "runtime_s", logscale=True).startswith(PNG)
+    assert figures.boxplot_by_method(_frame(), "tre_mean_mm").startswith(PNG)
+
+
+def test_boxplot_several_pairs_and_all_failed_method() -> None:
+    df = _frame()
+    df.loc[3:, "moving"] = "FLAIR"
+    df.loc[df["method"] == "b", "status"] = "failed"
+    assert figures.boxplot_by_method(df, "dice_mean").startswith(PNG)
+
+
+def _blob(shape: tuple[int, ...]) -> np.ndarray:
+    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    return (sum(g**2 for g in grids) < 0.6).astype(np.float32) + 0.1
+
+
+def test_overlay_3d() -> None:
+    fixed = Image(_blob((12, 12, 12)), np.diag([2.0, 2.0, 3.0, 1.0]))
+    warped = Image(np.roll(fixed.data, 1, axis=0), fixed.affine)
+    png = figures.overlay_figure(fixed, warped, title="x")
+    assert png.startswith(PNG)
+    assert len(png) < 200_000
+
+
+def test_overlay_2d_and_other_grid() -> None:
+    fixed = Image(_blob((14, 12)), np.diag([1.0, 1.5, 1.0, 1.0]))
+    # Another grid: resampled onto the fixed grid through world coordinates.
+    warped = Image(_blob((10, 10)), np.diag([2.0, 2.0, 1.0, 1.0]))
+    assert figures.overlay_figure(fixed, warped).startswith(PNG)
+
+
+def test_overlay_oblique_and_constant() -> None:
+    affine = np.array([[0, 0, -2.0, 10], [2.0, 0, 0, -5], [0, 2.0, 0, 3], [0, 0, 0, 1]])
+    fixed = Image(_blob((12, 10, 8)), affine)
+    constant = Image(np.zeros((12, 10, 8), np.float32), affine)
+    assert figures.overlay_figure(fixed, constant).startswith(PNG)
+
+
+def test_overlay_rejects_mixed_dimensionality() -> None:
+    with pytest.raises(ValueError, match="2D"):
+        figures.overlay_figure(Image(_blob((12, 12, 12))), Image(_blob((12, 12))))
+
+
+def test_robust_normalise_and_checkerboard() -> None:
+    data = np.arange(100, dtype=np.float32).reshape(10, 10)
+    norm = figures.robust_normalise(data)
+    assert norm.min() == 0.0 and norm.max() == 1.0
+    assert not figures.robust_normalise(np.full((5, 5), np.nan)).any()
+    board = figures.checkerboard(np.zeros((8, 8)), np.ones((8, 8)), tiles=2)
+    assert board[0, 0] == 0 and board[0, 7] == 1 and board[7, 7] == 0

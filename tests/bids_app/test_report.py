@@ -1,0 +1,125 @@
+"""The HTML report: self-contained, escaped, robust to missing images."""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from mmreg.bids_app import report
+from mmreg.bids_app.group import aggregate, run_group_level, summarise
+
+# The fake output folder is shared with test_group; test modules are not importable by name
+# under --import-mode=importlib, so load it from its file.
+_spec = importlib.util.spec_from_file_location(
+    "_mmreg_test_group_data", Path(__file__).with_name("test_group.py")
+)
+_group_tests = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_group_tests)
+ERROR, write_fake_output = _group_tests.ERROR, _group_tests.write_fake_output
+
+PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
+
+
+def _report(tmp_path: Path, **kwargs) -> str:
+    bids, out = write_fake_output(tmp_path, images=True)
+    paths = run_group_level(out, bids_dir=bids, **kwargs)
+    return paths["report"].read_text(encoding="utf-8")
+
+
+def test_report_contents(tmp_path: Path) -> None:
+    text = _report(tmp_path)
+    assert text.startswith("<!DOCTYPE html>")
+    for name in ("ants-affine", "ants-syn", "sub-01", "sub-02", "sub-10", "0.750 ± 0.050"):
+        assert name in text
+    assert f'src="data:image/png;base64,{PNG_B64[:8]}' in text
+    # The failure reason shows up escaped, never as live markup.
+    assert html.escape(ERROR) in text
+    assert "<script>" not in text
+    # Per subject: before + a figure per method where the warped image exists.
+    # sub-01 (paths in the CSV) and sub-10 (found by name) have both; sub-02 has
+    # one failed method and one missing warped image.
+    sections = re.split(r'<h3 id="sub-', text)[1:]
+    assert len(sections) == 3
+    counts = [s.count("<img ") for s in sections]
+    assert counts == [3, 1, 3]
+    assert "warped image" in sections[1] and "not found" in sections[1]
+    assert "Dice per label" in text and "WM" in text
+
+
+def test_report_caps_subjects(tmp_path: Path) -> None:
+    text = _report(tmp_path, max_subjects=1)
+    assert "first 1 of 3 subjects" in text
+    assert text.count('<h3 id="sub-') == 1
+
+
+def test_report_without_bids_dir_or_images(tmp_path: Path) -> None:
+    _, out = write_fake_output(tmp_path, images=False)
+    df = aggregate(out)
+    df["fixed_image"] = ""
+    text = report.build_report(df, summarise(df), output_dir=out, bids_dir=None)
+    assert "No figures: fixed image (T1w) not found" in text
+    assert text.count('<h3 id="sub-') == 3
+
+
+def test_report_reads_newest_config_and_extra_sections(tmp_path: Path) -> None:
+    bids, out = write_fake_output(tmp_path, images=False)
+    (out / "logs" / "run1").mkdir(parents=True)
+    (out / "logs" / "run1" / "config.json").write_text(json.dumps({"methods": ["a&b"]}))
+    paths = run_group_level(
+        out, bids_dir=bids, extra_sections=[("Notes <1>", "<p id='extra'>hi</p>")]
+    )
+    text = paths["report"].read_text(encoding="utf-8")
+    assert "logs/run1/config.json" in text
+    assert html.escape('["a&b"]') in text
+    assert "Notes &lt;1&gt;" in text and "<p id='extra'>hi</p>" in text
+
+
+def test_report_corrupt_image_is_a_note(tmp_path: Path) -> None:
+    bids, out = write_fake_output(tmp_path, images=True)
+    (bids / "sub-10" / "anat" / "sub-10_T1w.nii.gz").write_bytes(b"not an image")
+    text = run_group_level(out, bids_dir=bids)["report"].read_text(encoding="utf-8")
+    assert "No figures: fixed image (T1w)" in text
+
+
+def test_find_source_image_and_warped_path(tmp_path: Path) -> None:
+    anat = tmp_path / "sub-01" / "ses-a" / "anat"
+    anat.mkdir(parents=True)
+    targets = {}
+    for name in ("acq-hi_T1w", "acq-lo_run-2_T1w", "T2w"):
+        targets[name] = anat / f"sub-01_ses-a_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), targets[name])
+    row = {
+        "subject": "01",
+        "session": "a",
+        "fixed": "T1wHi",
+        "moving": "T2w",
+        "method": "keymorph-affine+ants-syn",
+    }
+    assert report.find_source_image(row, "fixed", tmp_path) == targets["acq-hi_T1w"]
+    assert report.find_source_image(row, "moving", tmp_path) == targets["T2w"]
+    for label, expected in (("T1wLoRun2", "acq-lo_run-2_T1w"), ("T1wRun2", "acq-lo_run-2_T1w")):
+        assert (
+            report.find_source_image({**row, "fixed": label}, "fixed", tmp_path)
+            == (targets[expected])
+        )
+    assert report.find_source_image({**row, "fixed": "T1wMid"}, "fixed", tmp_path) is None
+    assert report.find_source_image({**row, "fixed": "FLAIR"}, "fixed", tmp_path) is None
+    assert report.warped_path(row, tmp_path) == (
+        tmp_path
+        / "sub-01/ses-a/anat/sub-01_ses-a_space-T1wHi_desc-keymorphAffineAntsSyn_T2w.nii.gz"
+    )
+    assert report.warped_path({**row, "moving": "../x"}, tmp_path) is None
+
+
+def test_empty_results_still_render(tmp_path: Path) -> None:
+    df = pd.DataFrame(columns=["subject", "session", "fixed", "moving", "method", "status"])
+    text = report.build_report(df, summarise(df), output_dir=tmp_path)
+    assert "No evaluation rows" in text

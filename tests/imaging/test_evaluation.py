@@ -1,0 +1,51 @@
+"""Evaluation of a transform against labels and landmarks, with hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mmreg.imaging.evaluation import evaluate_transform, folding_pct
+from mmreg.imaging.groundtruth import GroundTruth
+from mmreg.imaging.image import Grid, Image
+from mmreg.imaging.transform import Transform
+
+
+def _box_labels(offset: int) -> Image:
+    data = np.zeros((20, 20, 20), np.int32)
+    data[5 + offset : 13 + offset, 5:13, 5:13] = 1  # an 8^3 box of label 1
+    return Image(data, np.eye(4))
+
+
+def test_shifted_box_dice_and_tre():
+    # The moving box sits 2 voxels (= 2 mm) further along x than the fixed box.
+    fixed, moving = _box_labels(0), _box_labels(2)
+    gt = GroundTruth(fixed_labels=fixed, moving_labels=moving,
+                     fixed_landmarks={"a": np.array([5.0, 5, 5])},
+                     moving_landmarks={"a": np.array([7.0, 5, 5])},
+                     label_names={1: "box"})
+    before = evaluate_transform(Transform.identity(), gt, prefix="initial_")
+    # overlap 6*8*8 = 384 of 512 + 512 voxels: Dice = 2*384/1024 = 0.75
+    assert before["initial_dice_box"] == pytest.approx(0.75)
+    assert before["initial_tre_mean_mm"] == pytest.approx(2.0)
+    # The true fixed->moving map is +2 mm along x.
+    shift = np.eye(4)
+    shift[0, 3] = 2.0
+    after = evaluate_transform(Transform.from_affine(shift), gt)
+    assert after["dice_mean"] == pytest.approx(1.0)
+    assert after["hd95_mean_mm"] == pytest.approx(0.0)
+    assert after["tre_mean_mm"] == pytest.approx(0.0)
+    assert after["n_landmarks"] == 1
+
+
+def test_without_ground_truth_everything_is_nan():
+    row = evaluate_transform(Transform.identity(), GroundTruth())
+    assert math.isnan(row["dice_mean"]) and math.isnan(row["tre_mean_mm"])
+
+
+def test_folding_pct_of_affines():
+    grid = Grid((4, 4, 4), np.eye(4))
+    assert folding_pct(Transform.identity(), grid) == 0.0
+    assert folding_pct(Transform.from_affine(np.diag([-1.0, 1, 1, 1])), grid) == 100.0

@@ -1,0 +1,97 @@
+"""Reading and validating images: every kind of bad input gets a one-line reason."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mmreg.errors import InputError
+from mmreg.imaging.image import Grid, Image, load_image, load_labels, save_image
+
+
+def _nifti(path, data, affine=None):
+    nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine), path)
+    return path
+
+
+def _singular(path, data):
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=1)
+    img.set_qform(None, code=0)
+    nib.save(img, path)
+
+
+def test_round_trip_keeps_data_and_affine(tmp_path, rng):
+    affine = np.array([[0, -2.0, 0, 10], [1.5, 0, 0, -4], [0, 0, 3, 2], [0, 0, 0, 1]])
+    img = Image(rng.random((9, 10, 11)).astype(np.float32), affine)
+    back = load_image(save_image(img, tmp_path / "x.nii.gz"))
+    np.testing.assert_array_equal(back.data, img.data)
+    np.testing.assert_allclose(back.affine, affine)
+    assert back.spacing == pytest.approx((1.5, 2.0, 3.0))
+
+
+def test_grid_world_voxel_round_trip():
+    grid = Grid((4, 5, 6), np.array([[2, 0, 0, 1], [0, 3, 0, 2], [0, 0, 4, 3], [0, 0, 0, 1.0]]))
+    # voxel (1, 1, 1) -> (2+1, 3+2, 4+3) by hand
+    np.testing.assert_allclose(grid.voxel_to_world([[1, 1, 1]]), [[3, 5, 7]])
+    np.testing.assert_allclose(grid.world_to_voxel([[3, 5, 7]]), [[1, 1, 1]])
+    assert grid.world_coordinates().shape == (4, 5, 6, 3)
+
+
+def test_single_slice_volume_reads_as_2d(tmp_path, rng):
+    path = _nifti(tmp_path / "s.nii.gz", rng.random((12, 14, 1)).astype(np.float32))
+    assert load_image(path).ndim == 2
+    with pytest.raises(InputError, match="too small"):
+        load_image(tmp_path / "s.nii.gz", ndim=3)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p, d: p.write_bytes(b""), "empty file"),
+        (lambda p, d: p.write_bytes(gzip.compress(b"hello") * 3), "not a NIfTI|corrupt"),
+        (lambda p, d: _nifti(p, np.where(d > 0.5, np.nan, d)), "NaN/Inf"),
+        (lambda p, d: _nifti(p, np.where(d > 0.5, np.inf, d)), "NaN/Inf"),
+        (lambda p, d: _nifti(p, np.zeros_like(d)), "constant"),
+        (lambda p, d: _nifti(p, np.stack([d, d], -1)), "4D image"),
+        (lambda p, d: _nifti(p, d[:4, :4, :4]), "too small"),
+        (lambda p, d: _singular(p, d), "singular"),
+    ],
+    ids=["empty", "garbage", "nan", "inf", "zero", "4d", "small", "singular"],
+)
+def test_bad_images_give_one_line_reasons(tmp_path, rng, make, message):
+    path = tmp_path / "bad.nii.gz"
+    make(path, rng.random((16, 16, 16)).astype(np.float32))
+    with pytest.raises(InputError, match=message) as info:
+        load_image(path)
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith("bad.nii.gz: ")
+
+
+def test_truncated_file(tmp_path, rng):
+    good = _nifti(tmp_path / "good.nii.gz", rng.random((20, 20, 20)).astype(np.float32))
+    bad = tmp_path / "bad.nii.gz"
+    for n_bytes in (500, len(good.read_bytes()) // 2):
+        bad.write_bytes(good.read_bytes()[:n_bytes])
+        with pytest.raises(InputError, match="corrupt or truncated"):
+            load_image(bad)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        load_image(tmp_path / "nope.nii.gz")
+
+
+def test_labels_are_integers_and_may_be_empty(tmp_path):
+    path = _nifti(tmp_path / "l.nii.gz", np.zeros((10, 10, 10), np.int16))
+    labels = load_labels(path)
+    assert labels.data.dtype == np.int32
+    assert labels.data.sum() == 0
+
+
+def test_save_is_atomic_no_temporaries_left(tmp_path, rng):
+    save_image(Image(rng.random((8, 8, 8)).astype(np.float32)), tmp_path / "a.nii.gz")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]
