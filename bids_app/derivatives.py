@@ -39,8 +39,23 @@ CONTRACT_COLUMNS = (
     "neg_jacobian_pct",
 )
 
-#: Things BIDS cannot express inside a derivatives dataset.
-BIDSIGNORE = ("logs/", "work/", "group/", "*_evaluation.csv", "*_desc-keypoints*.tsv")
+#: Things BIDS cannot express inside a derivatives dataset: run logs, the work dir,
+#: group tables, ITK transforms (BEP014 is not in the schema yet) and our CSVs.
+#: (The validator matches folder names without a trailing slash.)
+BIDSIGNORE = ("logs", "work", "group", "*_xfm.*", "*_evaluation.csv", "*_desc-keypoints*.tsv")
+
+README = """# mmreg derivatives
+
+Cross-modality registration results written by mmreg {version}.
+
+- `sub-<label>/anat/*_space-<fixed>_desc-<method>_<moving>.nii.gz`: the moving image
+  resampled onto the fixed image's grid by each method.
+- `sub-<label>/anat/*_from-<moving>_to-<fixed>_desc-<method>_mode-image_xfm.{{txt,h5}}`:
+  ITK transforms (fixed-space points to moving-space points).
+- `sub-<label>/sub-<label>_evaluation.csv`: accuracy and runtime per pair and method.
+- `group/`: all rows, a per-method summary and `report.html`.
+- `logs/<run-id>/`: the configuration and log of every run.
+"""
 
 
 def write_dataset_description(output_dir: Path, *, source: Path | None = None) -> Path:
@@ -67,6 +82,7 @@ def write_dataset_description(output_dir: Path, *, source: Path | None = None) -
     path = atomic_write_text(
         output_dir / "dataset_description.json", json.dumps(description, indent=2) + "\n"
     )
+    atomic_write_text(output_dir / "README.md", README.format(version=mmreg.__version__))
     ignore = output_dir / ".bidsignore"
     existing = ignore.read_text().splitlines() if ignore.exists() else []
     lines = existing + [p for p in BIDSIGNORE if p not in existing]
@@ -111,6 +127,8 @@ def write_pair_outputs(
         "SpatialReference": naming.bids_uri(pair["fixed"], pair.get("bids_dir")),
         "Sources": [*source, xfm.relative_to(output_dir).as_posix()],
         "Description": f"{moving} image resampled onto the {fixed} image's grid",
+        # Resampling keeps every voxel; the background is never zeroed here.
+        "SkullStripped": False,
         **common,
     }
     xfm_meta = {

@@ -15,6 +15,7 @@ from mmreg.bids_app import derivatives
 from mmreg.bids_app.config import Config
 from mmreg.bids_app.logs import LOGGER, setup_logging
 from mmreg.errors import MmregError
+from mmreg.runtime import limit_threads
 
 #: Exit codes of the contract.
 EXIT_OK, EXIT_SOME_FAILED, EXIT_SOFTWARE = 0, 65, 70
@@ -94,6 +95,8 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
 
     if by_subject:
         nprocs = max(1, config.nprocs)
+        # ANTs reads its thread count once per process: fix it before anything runs.
+        limit_threads(_threads_per_task(nprocs))
         wf = init_participant_wf(
             subjects=list(by_subject.values()),
             methods=list(config.methods),

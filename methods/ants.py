@@ -14,17 +14,25 @@ Notes on antspyx (checked on 0.6.3):
   same seed differ slightly (~1e-3 in the matrix); with one thread they are
   bit-identical. :func:`mmreg.runtime.limit_threads` (or this module, before the
   first call) sets the variable.
-* Given ``initial_transform`` (``-r``), antsRegistration's collapsed output
-  ``0GenericAffine.mat`` INCLUDES the initial linear transform (with zero
-  iterations it equals it). Without one, antspyx initialises by aligning the
-  centres of mass (``-r [fixed,moving,1]``).
+* Given ``initial_transform`` (``-r``), the output INCLUDES the initial transform
+  (checked with zero iterations, where the output equals it): a linear initial is
+  collapsed into ``0GenericAffine.mat``; a deformable one (written as ``.h5``) comes
+  back as extra files in ``fwdtransforms`` (e.g. ``[2GenericAffine, 1Warp,
+  0GenericAffine]``, the new estimate acting first). Without one, antspyx
+  initialises by aligning the centres of mass (``-r [fixed,moving,1]``).
+* antspyx collects its outputs by globbing ``outprefix*[0-9]*``: any other file in
+  the output folder whose name starts with the prefix and has a digit (``.h5``!)
+  would be taken for an output, so the initial transform is named differently.
+* antspyx's ``"SyN"`` has a hard-wired affine pre-stage (no iterations at full
+  resolution) that missed a 10-degree rotation on small images for some seeds, so
+  ``ants-syn`` runs ``"Affine"`` with this module's settings, then ``"SyNOnly"``
+  started from its result.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -37,7 +45,7 @@ from mmreg.errors import RegistrationError
 from mmreg.imaging import itk_space
 from mmreg.imaging.image import Image
 from mmreg.imaging.transform import Transform
-from mmreg.methods.base import BaseMethod, engine_seed, pyramid, scratch_dir
+from mmreg.methods.base import BaseMethod, engine_seed, one_line_reason, pyramid, scratch_dir
 from mmreg.methods.registry import register_factory
 
 __all__ = ["AntsMethod", "AntsSettings"]
@@ -52,18 +60,19 @@ class AntsSettings:
     Attributes:
         type_of_transform: antspyx name: ``Rigid``, ``Affine`` or ``SyN``.
         shrink_factors: Linear-stage pyramid (coarse to fine); levels leaving fewer
-            than 8 voxels along an axis are dropped for small images.
+            than 16 voxels along an axis are dropped for small images.
         smoothing_sigmas: Gaussian sigma per level, in voxels.
         iterations: Maximum linear iterations per level (ANTs stops earlier on
             convergence, threshold 1e-6 over 10 iterations).
-        syn_iterations: SyN iterations per level (shrink 2**k ... 1); ``SyN`` only.
-            The SyN stage's own affine pre-stage is fixed by antspyx.
+        syn_iterations: SyN iterations per level (shrink 2**k ... 1, smoothing k ... 0
+            voxels); ``SyN`` only, after an affine stage with the settings above.
         bins: Mattes histogram bins.
         sampling_rate: Fraction of voxels sampled (regular grid, randomly jittered)
             by the linear stages; raised for small images so that the coarsest level
             still has ``min_samples`` points.
         min_samples: Fewest samples wanted at the coarsest linear level.
         grad_step, flow_sigma, total_sigma: SyN step and regularisation.
+        extra: Further ``ants.registration`` keyword arguments (override the above).
     """
 
     type_of_transform: str
@@ -131,38 +140,99 @@ class AntsMethod(BaseMethod):
         args = self._arguments(fixed)
         fixed_a = itk_space.image_to_ants(fixed.with_data(fixed.data.astype(np.float32)))
         moving_a = itk_space.image_to_ants(moving.with_data(moving.data.astype(np.float32)))
+        kind = self.settings.type_of_transform
+        files: list[str] = []
         with scratch_dir(".mmreg-ants-") as tmp:
-            if initial is not None:
-                suffix = ".mat" if initial.is_linear else ".h5"
-                args["initial_transform"] = [str(initial.write(tmp / f"initial{suffix}"))]
-            with _ants_seed(ants, engine_seed(seed), args), _captured_stderr(tmp) as log:
-                try:
-                    reg = ants.registration(fixed_a, moving_a, outprefix=str(tmp / "out_"), **args)
-                except RuntimeError as exc:
-                    raise RegistrationError(f"{self.name}: {_ants_reason(log, exc)}") from exc
-            files = [str(p) for p in reg["fwdtransforms"]]
-            # Read every file now: the scratch folder is removed on exit.
-            transform = Transform.from_ants_files(files, ndim=fixed.ndim)
-            metric = float(ants.image_mutual_information(fixed_a, reg["warpedmovout"]))
+            if kind == "SyN":
+                # antspyx's own "SyN" has a fixed affine pre-stage (no iterations at full
+                # resolution) that is unreliable on small images; ours runs the affine
+                # stage with this module's settings, then "SyNOnly" starts from it.
+                linear, _, _ = self._call(
+                    ants,
+                    fixed_a,
+                    moving_a,
+                    {**args, "type_of_transform": "Affine"},
+                    initial,
+                    seed,
+                    tmp,
+                    "affine_",
+                )
+                transform, warped, files = self._call(
+                    ants,
+                    fixed_a,
+                    moving_a,
+                    {**args, "type_of_transform": "SyNOnly"},
+                    linear,
+                    seed,
+                    tmp,
+                    "syn_",
+                )
+            else:
+                transform, warped, files = self._call(
+                    ants, fixed_a, moving_a, args, initial, seed, tmp, "out_"
+                )
+            metric = _mutual_information(ants, fixed_a, warped)
         extras = {
             "engine": f"antspyx {getattr(ants, '__version__', 'unknown')}",
-            "type_of_transform": args["type_of_transform"],
+            "type_of_transform": kind,
             "metric": "mattes_mi",
-            "final_metric": metric if np.isfinite(metric) else None,
+            "final_metric": metric,
             "shrink_factors": list(args["aff_shrink_factors"]),
             "smoothing_sigmas": list(args["aff_smoothing_sigmas"]),
             "max_iterations": list(args["aff_iterations"]),
-            "max_syn_iterations": list(args["reg_iterations"]) if self.deformable else None,
+            "max_syn_iterations": list(args["reg_iterations"]) if kind == "SyN" else None,
             "sampling_rate": args["aff_random_sampling_rate"],
             "engine_seed": engine_seed(seed),
-            "transform_files": [Path(f).name for f in files],
+            "transform_files": files,
             "initialised": "given" if initial is not None else "center_of_mass",
         }
         return transform, extras
 
+    def _call(
+        self,
+        ants: Any,
+        fixed_a: Any,
+        moving_a: Any,
+        args: dict[str, Any],
+        initial: Transform | None,
+        seed: int,
+        tmp: Path,
+        prefix: str,
+    ) -> tuple[Transform, Any, list[str]]:
+        """One ``ants.registration``: full transform (initial included), warped image, files."""
+        args = dict(args)
+        if initial is not None:
+            suffix = ".mat" if initial.is_linear else ".h5"
+            # Not under ``prefix``: antspyx collects its outputs by globbing "prefix*[0-9]*",
+            # which would also pick up "prefix_initial.h5".
+            path = tmp / f"initial-for-{prefix.strip('_')}{suffix}"
+            args["initial_transform"] = [str(initial.write(path))]
+        with _ants_seed(ants, engine_seed(seed), args):
+            try:
+                reg = ants.registration(fixed_a, moving_a, outprefix=str(tmp / prefix), **args)
+            except RuntimeError as exc:
+                # antspyx discards antsRegistration's own messages; only the code is left.
+                reason = one_line_reason(exc)
+                raise RegistrationError(
+                    f"{self.name}: antsRegistration failed ({reason})"
+                ) from exc
+        files = [str(p) for p in reg["fwdtransforms"]]
+        # Read every file now: the scratch folder is removed afterwards.
+        transform = Transform.from_ants_files(files, ndim=fixed_a.dimension)
+        return transform, reg["warpedmovout"], [Path(f).name for f in files]
+
     def describe(self) -> dict[str, Any]:
         """The settings, JSON-serialisable (for provenance)."""
         return {"name": self.name, **asdict(self.settings)}
+
+
+def _mutual_information(ants: Any, fixed: Any, warped: Any) -> float | None:
+    """ANTs' Mattes MI (negated: lower is better), or None where it is undefined."""
+    try:
+        value = float(ants.image_mutual_information(fixed, warped))
+    except RuntimeError:  # e.g. an empty warped image
+        return None
+    return value if np.isfinite(value) else None
 
 
 @contextmanager
@@ -182,48 +252,6 @@ def _ants_seed(ants: Any, seed: int, args: dict[str, Any]) -> Iterator[None]:
         yield
     finally:
         config._random_seed = previous
-
-
-@contextmanager
-def _captured_stderr(folder: Path) -> Iterator[Path]:
-    """Send the process's stderr (fd 2, where ANTs writes its errors) to a file.
-
-    ANTs reports only an exit code to Python; the reason is on the C-level stderr.
-    What was captured is passed on to the real stderr afterwards, so nothing is lost.
-    """
-    path = folder / "ants_stderr.log"
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no fd 2 (embedded interpreters): nothing to capture
-        yield path
-        return
-    try:
-        with open(path, "wb") as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield path
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
-        text = path.read_text(errors="replace") if path.exists() else ""
-        if text.strip():
-            sys.stderr.write(text)
-
-
-def _ants_reason(log: Path, exc: BaseException) -> str:
-    """The most telling line of ANTs' stderr, else the Python exception's text."""
-    from mmreg.methods.base import one_line_reason
-
-    text = log.read_text(errors="replace") if log.exists() else ""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for key in ("ITK ERROR", "itk::ERROR", "Description:", "ERROR", "Error", "error"):
-        hits = [ln for ln in lines if key in ln]
-        if hits:
-            return one_line_reason(RuntimeError(hits[-1]))
-    return one_line_reason(exc)
 
 
 def _register_all() -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import numpy as np
+
 from mmreg.errors import InputError, MmregError, RegistrationError
 from mmreg.imaging.image import Image
 from mmreg.imaging.transform import Transform
@@ -29,14 +31,16 @@ __all__ = [
     "RegistrationResult",
     "engine_seed",
     "one_line_reason",
+    "overlap_fraction",
     "pyramid",
     "scratch_dir",
 ]
 
 #: Largest seed handed to ITK/ANTs (their seeds are signed 32-bit or unsigned ints).
 _MAX_ENGINE_SEED = 2**31 - 1
-#: Fewest voxels along any axis at the coarsest pyramid level.
-MIN_LEVEL_VOXELS = 8
+#: Fewest voxels along any axis at the coarsest pyramid level (coarser levels carry
+#: too little structure for a multi-modal histogram).
+MIN_LEVEL_VOXELS = 16
 
 
 @dataclass
@@ -85,6 +89,9 @@ class BaseMethod(ABC):
 
     name: ClassVar[str] = ""
     deformable: ClassVar[bool] = False
+    #: Least fraction of the fixed image's foreground that ``initial`` must map into the
+    #: moving image; below it, engines fail obscurely (or silently), so we refuse first.
+    min_overlap: ClassVar[float] = 0.05
 
     def register(
         self,
@@ -114,6 +121,13 @@ class BaseMethod(ABC):
             RegistrationError: When the engine fails (one-line reason).
         """
         check_inputs(fixed, moving, initial)
+        if initial is not None and self.min_overlap > 0:
+            fraction = overlap_fraction(fixed, moving, initial)
+            if fraction < self.min_overlap:
+                raise RegistrationError(
+                    f"{self.name}: the initial transform maps only {fraction:.0%} of the fixed "
+                    "image into the moving image; the images do not overlap enough to register"
+                )
         start = time.perf_counter()
         try:
             transform, extras = self._run(
@@ -151,6 +165,27 @@ def check_inputs(fixed: Image, moving: Image, initial: Transform | None) -> None
         )
     if initial is not None and initial.ndim != fixed.ndim:
         raise InputError(f"initial transform is {initial.ndim}D but the images are {fixed.ndim}D")
+
+
+def overlap_fraction(
+    fixed: Image, moving: Image, transform: Transform, *, max_points: int = 32768
+) -> float:
+    """Fraction of the fixed image's foreground that ``transform`` maps into ``moving``.
+
+    Foreground is every voxel above the minimum; a regular subsample of at most
+    ``max_points`` voxels is checked against the moving grid (voxel centres +/- 0.5).
+    """
+    data = np.asarray(fixed.data)
+    step = max(1, int(np.ceil((data.size / max_points) ** (1.0 / data.ndim))))
+    sub = tuple(slice(None, None, step) for _ in range(data.ndim))
+    mask = data[sub] > data.min()
+    if not mask.any():
+        return 0.0
+    ijk = np.argwhere(mask) * step
+    mapped = transform.map_points(fixed.grid.voxel_to_world(ijk))
+    idx = moving.grid.world_to_voxel(mapped)
+    inside = np.all((idx >= -0.5) & (idx <= np.asarray(moving.shape) - 0.5), axis=1)
+    return float(inside.mean())
 
 
 def engine_seed(seed: int) -> int:

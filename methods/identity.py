@@ -18,6 +18,7 @@ class IdentityMethod(BaseMethod):
 
     name = "identity"
     deformable = False
+    min_overlap = 0.0  # returns the initial transform, whatever it is
 
     def _run(
         self,

@@ -47,7 +47,7 @@ class SitkSettings:
         sampling_percentage: Fraction of voxels sampled at random per level; raised on
             small levels so that each has at least ``min_samples`` points.
         min_samples: Fewest metric samples per level.
-        shrink_factors: Pyramid, coarse to fine (levels leaving fewer than 8 voxels
+        shrink_factors: Pyramid, coarse to fine (levels leaving fewer than 16 voxels
             along an axis are dropped for small images).
         smoothing_sigmas: Gaussian sigma per level, in voxels.
         learning_rate: Initial step (in scaled parameter units, about mm of shift).

@@ -10,6 +10,8 @@ import pytest
 
 os.environ.setdefault("NO_ET", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# ANTs reads its thread count once per process; one thread makes it bit-reproducible.
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

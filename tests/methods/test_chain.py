@@ -37,5 +37,5 @@ def test_single_name_is_the_method_itself(pair2d) -> None:
 
 
 def test_a_failing_step_fails_the_chain(pair2d, far_initial) -> None:
-    with pytest.raises(RegistrationError, match="^sitk-rigid: "):
+    with pytest.raises(RegistrationError, match=r"^sitk-rigid: "):
         run_chain("identity+sitk-rigid", pair2d.fixed, pair2d.moving, initial=far_initial(2))

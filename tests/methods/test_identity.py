@@ -31,9 +31,7 @@ def test_dimension_mismatch_is_an_input_error(pair3d, pair2d) -> None:
     with pytest.raises(InputError, match="3D but moving image is 2D"):
         get_method("identity").register(pair3d.fixed, pair2d.moving)
     with pytest.raises(InputError, match="initial transform is 2D"):
-        get_method("identity").register(
-            pair3d.fixed, pair3d.moving, initial=Transform.identity(2)
-        )
+        get_method("identity").register(pair3d.fixed, pair3d.moving, initial=Transform.identity(2))
 
 
 def test_identity_accepts_any_image(rng) -> None:

@@ -17,9 +17,15 @@ from mmreg.methods import (
     parse_methods,
     register_lazy,
     register_method,
+    registry,
 )
-from mmreg.methods import registry
-from mmreg.methods.base import BaseMethod, engine_seed, one_line_reason, pyramid
+from mmreg.methods.base import (
+    BaseMethod,
+    engine_seed,
+    one_line_reason,
+    overlap_fraction,
+    pyramid,
+)
 
 BASELINES = ["identity", "ants-rigid", "ants-affine", "ants-syn", "sitk-rigid", "sitk-affine"]
 
@@ -88,7 +94,7 @@ def test_register_method_decorator(clean_registry: None) -> None:
     class Shift(BaseMethod):
         name = "test-shift"
 
-        def _run(self, fixed, moving, *, initial, seed, device, threads):  # noqa: ANN001
+        def _run(self, fixed, moving, *, initial, seed, device, threads):
             m = np.eye(4)
             m[0, 3] = 1.0
             return Transform.from_affine(m, ndim=fixed.ndim), {"seed": seed}
@@ -125,7 +131,7 @@ def test_engine_seed_is_never_zero() -> None:
 
 def test_pyramid_drops_levels_too_coarse_for_small_images() -> None:
     assert pyramid((100, 100, 100), (4, 2, 1), (2, 1, 0)) == ((4, 2, 1), (2, 1, 0))
-    assert pyramid((20, 40, 40), (4, 2, 1), (2, 1, 0)) == ((2, 1), (1, 0))
+    assert pyramid((40, 80, 80), (4, 2, 1), (2, 1, 0)) == ((2, 1), (1, 0))
     assert pyramid((9, 9), (4, 2, 1), (2, 1, 0)) == ((1,), (0,))
 
 
@@ -139,3 +145,12 @@ def test_one_line_reason_strips_itk_noise() -> None:
     assert one_line_reason(exc) == "All samples map outside moving image buffer"
     assert one_line_reason(ValueError("plain\nmessage")) == "plain message"
 
+
+def test_overlap_fraction(pair2d) -> None:
+    fixed, moving = pair2d.fixed, pair2d.moving
+    assert overlap_fraction(fixed, moving, Transform.identity(2)) == 1.0
+    half = np.eye(4)
+    half[0, 3] = 0.5 * fixed.shape[0] * fixed.spacing[0]
+    assert 0.2 < overlap_fraction(fixed, moving, Transform.from_affine(half, ndim=2)) < 0.8
+    half[0, 3] = 1e4
+    assert overlap_fraction(fixed, moving, Transform.from_affine(half, ndim=2)) == 0.0

@@ -53,12 +53,17 @@ def test_initial_transform_is_honoured_and_included(pair3d) -> None:
     assert result.extras["initialised"] == "given"
 
 
+def test_no_overlap_is_refused_before_the_engine_runs(pair3d, far_initial) -> None:
+    with pytest.raises(RegistrationError, match=r"^sitk-rigid: .*0% of the fixed image"):
+        get_method("sitk-rigid").register(pair3d.fixed, pair3d.moving, initial=far_initial(3))
+
+
 def test_engine_failure_is_a_one_line_registration_error(pair3d, far_initial) -> None:
+    method = get_method("sitk-rigid")
+    method.min_overlap = 0.0  # let ITK itself find out
     with pytest.raises(RegistrationError) as info:
-        get_method("sitk-rigid").register(
-            pair3d.fixed, pair3d.moving, initial=far_initial(3), seed=0
-        )
+        method.register(pair3d.fixed, pair3d.moving, initial=far_initial(3), seed=0)
     message = str(info.value)
-    assert message.startswith("sitk-rigid: ")
+    assert message.startswith("sitk-rigid: All samples map outside moving image buffer")
     assert "\n" not in message
     assert "/" not in message  # no source paths from ITK
