@@ -235,9 +235,17 @@ def run_demo(
         raise UsageError(f"--dataset {dataset}: only the brain demo is available so far")
     bids_dir = out / "bids"
     t0 = time.perf_counter()
-    write_demo_dataset(bids_dir, n_subjects=subjects, seed=seed, max_rotation_deg=max_rotation)
-    LOGGER.info("demo dataset: %d subject(s) in %s (%.1f s)", subjects, bids_dir,
-                time.perf_counter() - t0)
+    # Beyond 45 degrees the pose is drawn over the full circle about a random axis.
+    write_demo_dataset(
+        bids_dir,
+        n_subjects=subjects,
+        seed=seed,
+        max_rotation_deg=max_rotation,
+        large_rotations=max_rotation > 45.0,
+    )
+    LOGGER.info(
+        "demo dataset: %d subject(s) in %s (%.1f s)", subjects, bids_dir, time.perf_counter() - t0
+    )
     config = Config(
         bids_dir=str(bids_dir),
         output_dir=str(bids_dir / "derivatives" / "mmreg"),

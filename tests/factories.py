@@ -111,3 +111,77 @@ def write_broken_subject(root: Path, subject: str, kind: str, good: dict[str, Pa
         nib.save(nib.Nifti1Image(data[:, :, data.shape[2] // 2].copy(), affine), moving)
     else:
         raise ValueError(f"unknown kind {kind!r}")
+
+
+def random_pose(rng: np.random.Generator, angle_deg: float, shift_mm: float) -> np.ndarray:
+    """A rigid 4x4 map: rotation by ``angle_deg`` about a random axis, then a shift."""
+    from scipy.spatial.transform import Rotation
+
+    axis = rng.standard_normal(3)
+    axis /= np.linalg.norm(axis)
+    pose = np.eye(4)
+    pose[:3, :3] = Rotation.from_rotvec(np.deg2rad(angle_deg) * axis).as_matrix()
+    direction = rng.standard_normal(3)
+    pose[:3, 3] = shift_mm * direction / np.linalg.norm(direction)
+    return pose
+
+
+def write_posed_remap_subject(
+    root: Path,
+    subject: str,
+    *,
+    image: Path,
+    labels: Path,
+    pose: np.ndarray,
+    fixed_suffix: str = "T1w",
+    moving_suffix: str = "T2w",
+    n_landmarks: int = 10,
+) -> None:
+    """A real image as the fixed scan; a T2-like remap of it in another pose as the moving.
+
+    The moving scan is the fixed one inverted inside the head (dark WM, bright CSF),
+    seen through ``pose`` (fixed-space point -> moving-space point). Labels and label
+    centroids (as landmarks) go to ``root/derivatives/ground-truth`` in both spaces.
+    """
+    from mmreg.imaging.image import load_image, load_labels
+    from mmreg.imaging.transform import Transform
+
+    fixed = load_image(image)
+    seg = load_labels(labels)
+    norm = np.clip(fixed.data / np.percentile(fixed.data, 99.5), 0, 1)
+    head = ndimage.binary_fill_holes(ndimage.gaussian_filter(norm, 1.0) > 0.08)
+    remap = np.where(head, 1.05 - norm, 0.0).astype(np.float32)
+    to_moving = Transform.from_affine(np.linalg.inv(pose))
+    moving = to_moving.apply(Image(remap, fixed.affine), fixed.grid)
+    moving_seg = to_moving.apply(seg, fixed.grid, interpolation="nearest")
+    write_pair(
+        root,
+        subject,
+        fixed=fixed,
+        moving=moving,
+        fixed_suffix=fixed_suffix,
+        moving_suffix=moving_suffix,
+    )
+    gt = root / "derivatives" / "ground-truth"
+    write_dataset_description(gt, "ground truth")
+    desc = json.loads((gt / "dataset_description.json").read_text())
+    desc.update(DatasetType="derivative", GeneratedBy=[{"Name": "mmreg tests"}])
+    (gt / "dataset_description.json").write_text(json.dumps(desc))
+    anat = gt / f"sub-{subject}" / "anat"
+    anat.mkdir(parents=True, exist_ok=True)
+    save_image(seg, anat / f"sub-{subject}_space-{fixed_suffix}_dseg.nii.gz")
+    save_image(moving_seg, anat / f"sub-{subject}_space-{moving_suffix}_dseg.nii.gz")
+    ids = [i for i in np.unique(seg.data) if i != 0]
+    sizes = ndimage.sum(np.ones_like(seg.data), seg.data, ids)
+    chosen = [ids[i] for i in np.argsort(sizes)[::-1][:n_landmarks]]
+    centres = np.array(ndimage.center_of_mass(np.ones_like(seg.data), seg.data, chosen))
+    world = seg.grid.voxel_to_world(centres)
+    moving_world = (np.c_[world, np.ones(len(world))] @ pose.T)[:, :3]
+    for suffix, points in ((fixed_suffix, world), (moving_suffix, moving_world)):
+        lines = ["name\tx\ty\tz"] + [
+            f"label{lab}\t{x:.4f}\t{y:.4f}\t{z:.4f}"
+            for lab, (x, y, z) in zip(chosen, points, strict=True)
+        ]
+        (anat / f"sub-{subject}_space-{suffix}_desc-landmarks.tsv").write_text(
+            "\n".join(lines) + "\n"
+        )

@@ -263,15 +263,22 @@ def _template_labels(
     labels[vent & left] = 8
     labels[vent & ~left] = 9
 
-    # Posterior fossa below the tentorium, which runs up from the occipital
-    # pole to the midline and slopes down laterally.
-    tentorium = -17.0 + 0.83 * (y + 85.0) - 0.35 * np.abs(x)
-    fossa = (z < tentorium) & (z < 8) & (y < -10)
-    # Brainstem: a column tilted forward with height, in front of the fourth ventricle.
+    # Brainstem: a column tilted forward with height, in front of the fourth
+    # ventricle, from the template's lower edge up to the midbrain.
     stem_y = -24.0 + 0.3 * (z + 10.0)
-    stem = (np.abs(x) < 16) & (np.abs(y - stem_y) < 17) & (z < -6) & (y > -44)
-    labels[(is_gm | is_wm) & stem & ((z < -10) | ~fossa)] = 11
-    cerebellum = (is_gm | is_wm) & fossa & ~stem & (y < -30)
+    stem = (is_gm | is_wm) & (np.abs(x) < 16) & (np.abs(y - stem_y) < 16) & (z < -8)
+    stem &= y > -42
+    labels[stem] = 11
+    # Cerebellum: tissue below a tent-shaped tentorium (highest at the midline
+    # near y = -55, falling laterally, backwards and forwards), behind the
+    # brainstem; keep the components holding the vermis and both hemispheres.
+    ax = np.abs(x)
+    tent = 4.0 - 0.6 * ax - 0.8 * np.maximum(0, -58 - y) - 0.8 * np.maximum(0, y + 52)
+    fossa = (is_gm | is_wm) & ~stem & (z < tent) & (y < -30 - 0.3 * ax)
+    comp, _ = ndimage.label(fossa)
+    seeds = np.array([[0.0, -64.0, -32.0], [-30.0, -66.0, -36.0], [30.0, -66.0, -36.0]])
+    idx = np.rint(grid.world_to_voxel(seeds)).astype(int)
+    cerebellum = np.isin(comp, list({int(comp[tuple(i)]) for i in idx} - {0}))
     labels[cerebellum] = 10
     return labels
 
@@ -354,10 +361,16 @@ def _random_field(
     shape = tuple(int(np.ceil(s)) + 1 for s in (np.asarray(hi, float) + pad - lo) / spacing)
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = lo
-    noise = rng.standard_normal(shape + (3,))
+    noise = rng.standard_normal((*shape, 3))
     smooth = np.stack(
         [ndimage.gaussian_filter(noise[..., c], sigma_mm / spacing) for c in range(3)], axis=-1
     )
+    # Taper to zero across the padding: the field then means the same whether
+    # a consumer reads it as 0 outside its grid (ITK) or as edge-extended.
+    for axis, n in enumerate(shape):
+        ramp = np.minimum(np.arange(n), np.arange(n)[::-1]) * spacing / pad
+        window = np.sin(0.5 * np.pi * np.clip(ramp, 0.0, 1.0)) ** 2
+        smooth *= window.reshape([-1 if a == axis else 1 for a in range(3)] + [1])
     peak = np.max(np.linalg.norm(smooth, axis=-1))
     scale = max_mm / peak if peak > 0 else 0.0
     return Grid(shape, affine), (smooth * scale).astype(np.float32)
@@ -366,15 +379,20 @@ def _random_field(
 def _random_rotation(
     rng: np.random.Generator, max_deg: float, large: bool
 ) -> tuple[np.ndarray, dict[str, Any]]:
+    # A random axis and an angle of at least half the maximum: a near-identity pose
+    # would make a subject useless for showing what registration does.
+    axis = _unit_vector(rng)
     if large:
-        axis = rng.standard_normal(3)
-        axis /= np.linalg.norm(axis)
         angle = rng.uniform(-180.0, 180.0)
-        rot = Rotation.from_rotvec(np.deg2rad(angle) * axis)
-        return rot.as_matrix(), {"rotation_axis": axis.tolist(), "rotation_angle_deg": angle}
-    angles = rng.uniform(-max_deg, max_deg, 3)
-    rot = Rotation.from_euler("xyz", angles, degrees=True)
-    return rot.as_matrix(), {"rotation_euler_xyz_deg": angles.tolist()}
+    else:
+        angle = rng.choice([-1.0, 1.0]) * rng.uniform(0.5 * max_deg, max_deg)
+    rot = Rotation.from_rotvec(np.deg2rad(angle) * axis)
+    return rot.as_matrix(), {"rotation_axis": axis.tolist(), "rotation_angle_deg": float(angle)}
+
+
+def _unit_vector(rng: np.random.Generator) -> np.ndarray:
+    vector = rng.standard_normal(3)
+    return vector / np.linalg.norm(vector)
 
 
 def _bbox_grid(points: np.ndarray, spacing: float, margins: np.ndarray, *, flip_x: bool) -> Grid:
@@ -460,8 +478,10 @@ def generate_brain_subject(
 
     Args:
         seed: Seed of ``np.random.default_rng``; same seed, same subject.
-        max_rotation_deg: Largest rotation of the moving scans about each axis.
-        max_translation_mm: Largest translation of the moving scans along each axis.
+        max_rotation_deg: Largest rotation of the moving scans (about a random axis;
+            the angle is drawn between half of this and this).
+        max_translation_mm: Largest translation of the moving scans (length drawn
+            between half of this and this, in a random direction).
         large_rotations: Rotate the moving scans by up to 180 degrees about a
             random axis instead (``max_rotation_deg`` is then ignored).
         anatomy_deformation_mm: Peak displacement of the subject's deformation
@@ -508,7 +528,7 @@ def generate_brain_subject(
         rng, head_fixed.min(0), head_fixed.max(0), max_mm=extra_deformation_mm, sigma_mm=14.0
     )
     rot, rot_meta = _random_rotation(rng, max_rotation_deg, large_rotations)
-    shift = rng.uniform(-max_translation_mm, max_translation_mm, 3)
+    shift = _unit_vector(rng) * rng.uniform(0.5 * max_translation_mm, max_translation_mm)
     centre = head_fixed.mean(0)
     pose = np.eye(4)
     pose[:3, :3] = rot
@@ -577,8 +597,9 @@ def generate_brain_subject(
         "moving_spacing_mm": moving_spacing_mm,
         "bias_strength": bias_strength,
         "noise_frac": noise_frac,
-        "tissue_values": {k: dict(zip(_TISSUES, map(float, vals), strict=True))
-                          for k, vals in values.items()},
+        "tissue_values": {
+            k: dict(zip(_TISSUES, map(float, vals), strict=True)) for k, vals in values.items()
+        },
     }
     return BrainSubject(
         seed=int(seed),

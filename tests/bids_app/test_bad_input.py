@@ -9,6 +9,10 @@ import pandas as pd
 import pytest
 from scipy.spatial.transform import Rotation
 
+from mmreg.bids_app.cli import main
+from mmreg.imaging.image import Image
+from mmreg.imaging.transform import Transform
+
 from factories import (
     BROKEN_KINDS,
     second_contrast,
@@ -17,9 +21,6 @@ from factories import (
     write_dataset_description,
     write_pair,
 )
-from mmreg.bids_app.cli import main
-from mmreg.imaging.image import Image
-from mmreg.imaging.transform import Transform
 
 EXPECTED_REASON = {
     "empty": "empty file",
@@ -58,8 +59,19 @@ def broken_dataset(tmp_path_factory) -> Path:
 
 def test_broken_subjects_fail_alone(broken_dataset, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main([str(broken_dataset), str(out), "participant", "--methods", "sitk-rigid",
-                 "--nprocs", "2", "--worker", "cf"])
+    code = main(
+        [
+            str(broken_dataset),
+            str(out),
+            "participant",
+            "--methods",
+            "sitk-rigid",
+            "--nprocs",
+            "2",
+            "--worker",
+            "cf",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 65
     assert "Traceback" not in captured.err + captured.out
@@ -69,8 +81,9 @@ def test_broken_subjects_fail_alone(broken_dataset, tmp_path, capsys):
     assert (out / "sub-good" / "anat" / "sub-good_space-T1w_desc-sitkRigid_T2w.nii.gz").exists()
 
     for kind, reason in EXPECTED_REASON.items():
-        rows = pd.read_csv(out / f"sub-{kind}" / f"sub-{kind}_evaluation.csv", dtype=str,
-                           keep_default_na=False)
+        rows = pd.read_csv(
+            out / f"sub-{kind}" / f"sub-{kind}_evaluation.csv", dtype=str, keep_default_na=False
+        )
         assert rows["status"].tolist() == ["failed"], kind
         error = rows["error"].iloc[0]
         assert reason in error, (kind, error)

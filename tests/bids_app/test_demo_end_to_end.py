@@ -20,15 +20,30 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--out", str(out), "--subjects", "2", "--seed", "7",
-                 "--methods", "identity,ants-affine", "--nprocs", "2"])
+    code = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--subjects",
+            "2",
+            "--seed",
+            "7",
+            "--methods",
+            "identity,ants-affine",
+            "--nprocs",
+            "2",
+        ]
+    )
     assert code == 0
     return out
 
 
 def _evaluation(demo: Path) -> pd.DataFrame:
-    return pd.read_csv(demo / "bids" / "derivatives" / "mmreg" / "group" / "evaluation.csv",
-                       dtype={"subject": str, "session": str})
+    return pd.read_csv(
+        demo / "bids" / "derivatives" / "mmreg" / "group" / "evaluation.csv",
+        dtype={"subject": str, "session": str},
+    )
 
 
 def test_ants_affine_improves_every_subject(demo):
@@ -55,8 +70,9 @@ def test_transforms_are_read_and_reproduced_by_ants_and_sitk(demo):
         ants.read_transform(str(xfm))
         fixed = ants.image_read(row.fixed_image)
         moving = ants.image_read(row.moving_image)
-        again = ants.apply_transforms(fixed, moving, transformlist=[str(xfm)],
-                                      interpolator="linear").numpy()
+        again = ants.apply_transforms(
+            fixed, moving, transformlist=[str(xfm)], interpolator="linear"
+        ).numpy()
         written = np.asarray(nib.load(out / row.warped).dataobj, dtype=np.float64)
         corr = np.corrcoef(again.ravel(), written.ravel())[0, 1]
         assert corr >= 0.99, (row.transform, corr)
@@ -75,20 +91,37 @@ def test_outputs_follow_the_contract(demo):
         assert (out / "group" / name).stat().st_size > 0
     assert list((out / "logs").glob("*/config.json"))
     columns = set(_evaluation(demo).columns)
-    contract = {"subject", "session", "fixed", "moving", "method", "status", "error",
-                "runtime_s", "initial_dice_mean", "dice_mean", "hd95_mean_mm",
-                "initial_tre_mean_mm", "tre_mean_mm", "neg_jacobian_pct"}
+    contract = {
+        "subject",
+        "session",
+        "fixed",
+        "moving",
+        "method",
+        "status",
+        "error",
+        "runtime_s",
+        "initial_dice_mean",
+        "dice_mean",
+        "hd95_mean_mm",
+        "initial_tre_mean_mm",
+        "tre_mean_mm",
+        "neg_jacobian_pct",
+    }
     assert contract <= columns
     assert any(c.startswith("dice_") and c != "dice_mean" for c in columns)
 
 
 @pytest.mark.skipif(shutil.which("bids-validator-deno") is None, reason="no bids-validator-deno")
-@pytest.mark.parametrize("dataset", ["bids", "bids/derivatives/mmreg",
-                                     "bids/derivatives/ground-truth"])
+@pytest.mark.parametrize(
+    "dataset", ["bids", "bids/derivatives/mmreg", "bids/derivatives/ground-truth"]
+)
 def test_bids_validator_finds_no_errors(demo, dataset):
     result = subprocess.run(
         ["bids-validator-deno", "--json", str(demo / dataset)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     report = json.loads(result.stdout)
     errors = [i for i in report["issues"]["issues"] if i.get("severity") == "error"]

@@ -22,10 +22,13 @@ def _box_labels(offset: int) -> Image:
 def test_shifted_box_dice_and_tre():
     # The moving box sits 2 voxels (= 2 mm) further along x than the fixed box.
     fixed, moving = _box_labels(0), _box_labels(2)
-    gt = GroundTruth(fixed_labels=fixed, moving_labels=moving,
-                     fixed_landmarks={"a": np.array([5.0, 5, 5])},
-                     moving_landmarks={"a": np.array([7.0, 5, 5])},
-                     label_names={1: "box"})
+    gt = GroundTruth(
+        fixed_labels=fixed,
+        moving_labels=moving,
+        fixed_landmarks={"a": np.array([5.0, 5, 5])},
+        moving_landmarks={"a": np.array([7.0, 5, 5])},
+        label_names={1: "box"},
+    )
     before = evaluate_transform(Transform.identity(), gt, prefix="initial_")
     # overlap 6*8*8 = 384 of 512 + 512 voxels: Dice = 2*384/1024 = 0.75
     assert before["initial_dice_box"] == pytest.approx(0.75)

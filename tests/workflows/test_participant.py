@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from factories import second_contrast, smooth_head
 from mmreg.imaging.image import Image, save_image
 from mmreg.workflows.participant import init_participant_wf
+
+from factories import second_contrast, smooth_head
 
 
 def test_rows_per_subject_pair_and_method(tmp_path):
@@ -18,8 +19,14 @@ def test_rows_per_subject_pair_and_method(tmp_path):
     broken.write_bytes(b"")
 
     def pair(subject, moving_path, label):
-        return {"subject": subject, "session": None, "fixed": str(fixed),
-                "moving": str(moving_path), "fixed_label": "T1w", "moving_label": label}
+        return {
+            "subject": subject,
+            "session": None,
+            "fixed": str(fixed),
+            "moving": str(moving_path),
+            "fixed_label": "T1w",
+            "moving_label": label,
+        }
 
     subjects = [[pair("a", moving, "T2w"), pair("a", broken, "PDw")], [pair("b", moving, "T2w")]]
     wf = init_participant_wf(subjects=subjects, methods=["identity", "sitk-rigid"])
@@ -27,8 +34,12 @@ def test_rows_per_subject_pair_and_method(tmp_path):
 
     assert [len(r) for r in rows] == [4, 2]
     statuses = [(r["method"], r["status"]) for r in rows[0]]
-    assert statuses == [("identity", "ok"), ("sitk-rigid", "ok"),
-                        ("identity", "failed"), ("sitk-rigid", "failed")]
+    assert statuses == [
+        ("identity", "ok"),
+        ("sitk-rigid", "ok"),
+        ("identity", "failed"),
+        ("sitk-rigid", "failed"),
+    ]
     assert "empty file" in rows[0][2]["error"]
     assert all(r["status"] == "ok" for r in rows[1])
     assert rows[1][0]["neg_jacobian_pct"] == 0.0
