@@ -46,19 +46,10 @@ EXIT_SOME_FAILED = 65
 EXIT_SOFTWARE = 70
 EXIT_INTERRUPTED = 130
 
-#: Used when ``mmreg.methods`` cannot be imported yet.
-# TODO(lead): drop the fallback once mmreg.methods.available_methods() is merged.
-FALLBACK_METHODS = (
-    "identity",
-    "ants-rigid",
-    "ants-affine",
-    "ants-syn",
-    "sitk-rigid",
-    "sitk-affine",
-)
-#: The default when --methods is not given (unless mmreg.methods sets DEFAULT_METHODS).
-# TODO(lead): pick the default learned method here once one ships with weights.
+#: The default when --methods is not given: robust across contrasts and poses.
 DEFAULT_METHODS = ("ants-affine",)
+#: The demo shows the baseline, an MI baseline, and affine and deformable ANTs.
+DEMO_METHODS = ("identity", "sitk-rigid", "ants-affine", "ants-syn")
 
 SUBCOMMANDS = ("demo", "train")
 LOG = logging.getLogger("mmreg.bids_app.cli")
@@ -141,26 +132,14 @@ def _angle(text: str) -> float:
     return value
 
 
-def available_methods() -> list[str]:
-    """Method names known to the registry (or the fallback list while it is missing)."""
-    try:
-        from mmreg.methods import available_methods as registry
-    except ImportError:
-        return list(FALLBACK_METHODS)
-    # An empty registry means the implementations are not registered yet (work in progress).
-    return list(registry()) or list(FALLBACK_METHODS)
-
-
 def default_methods() -> tuple[str, ...]:
-    """``mmreg.methods.DEFAULT_METHODS`` when the registry defines it, else ours."""
-    try:
-        from mmreg import methods
-    except ImportError:
-        return DEFAULT_METHODS
-    return tuple(getattr(methods, "DEFAULT_METHODS", DEFAULT_METHODS))
+    """What runs when ``--methods`` is not given."""
+    return DEFAULT_METHODS
 
 
-def parse_methods(specs: Sequence[str] | None) -> tuple[str, ...]:
+def parse_methods(
+    specs: Sequence[str] | None, *, default: tuple[str, ...] = DEFAULT_METHODS
+) -> tuple[str, ...]:
     """``["a,b+c", "d"]`` -> ``("a", "b+c", "d")``, each name checked against the registry.
 
     ``A+B`` chains: A's transform initialises B. Duplicates are dropped, order kept.
@@ -169,25 +148,10 @@ def parse_methods(specs: Sequence[str] | None) -> tuple[str, ...]:
         UsageError: On an empty or unknown method name.
     """
     if not specs:
-        return default_methods()
-    known = available_methods()
-    out: list[str] = []
-    for spec in specs:
-        for chain in (c.strip() for c in spec.split(",")):
-            if not chain:
-                continue
-            steps = [s.strip() for s in chain.split("+")]
-            for step in steps:
-                if step not in known:
-                    raise UsageError(
-                        f"--methods: unknown method {step!r}; available: {', '.join(known)}"
-                    )
-            name = "+".join(steps)
-            if name not in out:
-                out.append(name)
-    if not out:
-        raise UsageError("--methods: no method given")
-    return tuple(out)
+        return default
+    from mmreg.methods import parse_methods as parse_registered
+
+    return tuple(parse_registered(list(specs)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +351,7 @@ def build_demo_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="NAME,NAME,...",
-        help=f"methods to run (default: {','.join(DEFAULT_METHODS)})",
+        help=f"methods to run (default: {','.join(DEMO_METHODS)})",
     )
     parser.add_argument(
         "--max-rotation",
@@ -531,7 +495,7 @@ def _main_demo(argv: Sequence[str]) -> int:
     out = args.out.resolve()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
-    methods = parse_methods(args.methods)
+    methods = parse_methods(args.methods, default=DEMO_METHODS)
     _check_worker(args.worker)
     _check_device(args.device)
     from mmreg.bids_app import run

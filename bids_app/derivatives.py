@@ -162,7 +162,7 @@ def _sidecar(path: Path) -> Path:
 def order_columns(columns: Iterable[str]) -> list[str]:
     """Contract columns first, then per-label Dice, then everything else (sorted)."""
     columns = list(dict.fromkeys(columns))
-    head = [c for c in CONTRACT_COLUMNS]
+    head = list(CONTRACT_COLUMNS)
     dice = sorted(c for c in columns if c.startswith("dice_") and c not in head)
     rest = sorted(c for c in columns if c not in head and c not in dice)
     return head + dice + rest

@@ -15,27 +15,12 @@ import numpy as np
 import pandas as pd
 
 from mmreg.atomic import atomic_path
+from mmreg.bids_app.derivatives import order_columns
 from mmreg.errors import InputError
 
 LOGGER = logging.getLogger("mmreg.group")
 
 #: Contract columns, in order (per-label and extra columns follow).
-CONTRACT_COLUMNS = (
-    "subject",
-    "session",
-    "fixed",
-    "moving",
-    "method",
-    "status",
-    "error",
-    "runtime_s",
-    "initial_dice_mean",
-    "dice_mean",
-    "hd95_mean_mm",
-    "initial_tre_mean_mm",
-    "tre_mean_mm",
-    "neg_jacobian_pct",
-)
 
 #: Row order of ``group/evaluation.csv``.
 SORT_KEYS = ("subject", "session", "fixed", "moving", "method")
@@ -80,15 +65,6 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         LOGGER.warning("skipping unreadable %s: %s", path, " ".join(str(exc).split()))
         return None
     return frame
-
-
-def order_columns(columns: Sequence[str]) -> list[str]:
-    """Contract columns first, then ``dice_<label>``, then the rest (sorted)."""
-    columns = list(dict.fromkeys(columns))
-    head = list(CONTRACT_COLUMNS)
-    dice = sorted(c for c in columns if c.startswith("dice_") and c not in head)
-    rest = sorted(c for c in columns if c not in head and c not in dice)
-    return head + dice + rest
 
 
 def aggregate(output_dir: Path) -> pd.DataFrame:
