@@ -175,6 +175,14 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         help="parallel tasks for the cf worker (default: usable CPUs)",
     )
     group.add_argument(
+        "--omp-nthreads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="threads inside each task (ITK, torch); 1 keeps results bit-reproducible "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
         "--device",
         choices=DEVICES,
         default="auto",
@@ -454,6 +462,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         work_dir=str(work_dir),
         worker=args.worker,
         nprocs=args.nprocs or usable_cpus(),
+        omp_nthreads=args.omp_nthreads,
         random_seed=args.random_seed,
         device=args.device,
         resolution=args.resolution,
@@ -509,6 +518,7 @@ def _main_demo(argv: Sequence[str]) -> int:
         max_rotation=args.max_rotation,
         worker=args.worker,
         nprocs=args.nprocs or usable_cpus(),
+        omp_nthreads=args.omp_nthreads,
         device=args.device,
         verbose=args.verbose,
     )

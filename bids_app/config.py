@@ -68,6 +68,9 @@ class Config:
         work_dir: Pydra cache root and BIDS index (absolute).
         worker: Pydra worker: ``debug``, ``cf`` or ``slurm``.
         nprocs: Parallel tasks for the ``cf`` worker.
+        omp_nthreads: Threads inside each task (ITK, torch). 1 keeps results
+            bit-reproducible; more is faster but ITK's multi-threaded metrics
+            then vary in the last digits between runs.
         random_seed: Seed given to every method.
         device: ``auto``, ``cpu`` or ``cuda``.
         resolution: Isotropic working resolution in mm.
@@ -90,6 +93,7 @@ class Config:
     work_dir: str = ""
     worker: str = "cf"
     nprocs: int = 1
+    omp_nthreads: int = 1
     random_seed: int = 0
     device: str = "auto"
     resolution: float = 2.0

@@ -20,8 +20,6 @@ from mmreg.errors import InputError
 
 LOGGER = logging.getLogger("mmreg.group")
 
-#: Contract columns, in order (per-label and extra columns follow).
-
 #: Row order of ``group/evaluation.csv``.
 SORT_KEYS = ("subject", "session", "fixed", "moving", "method")
 

@@ -27,11 +27,6 @@ def _log_dir(config: Config) -> Path:
     return Path(config.output_dir) / "logs" / config.run_id
 
 
-def _threads_per_task(nprocs: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, nprocs))
-
-
 class _Progress:
     """Counts finished registrations in the work dir while Pydra runs."""
 
@@ -96,7 +91,7 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
     if by_subject:
         nprocs = max(1, config.nprocs)
         # ANTs reads its thread count once per process: fix it before anything runs.
-        limit_threads(_threads_per_task(nprocs))
+        limit_threads(config.omp_nthreads)
         wf = init_participant_wf(
             subjects=list(by_subject.values()),
             methods=list(config.methods),
@@ -105,7 +100,7 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
             prealign=config.prealign,
             seed=config.random_seed,
             device=config.device,
-            threads=_threads_per_task(nprocs),
+            threads=config.omp_nthreads,
             label_table=_label_table(config),
             code=code_fingerprint(),
         )
@@ -219,6 +214,7 @@ def run_demo(
     max_rotation: float = 20.0,
     worker: str = "cf",
     nprocs: int = 1,
+    omp_nthreads: int = 1,
     device: str = "auto",
     verbose: int = 0,
 ) -> int:
@@ -257,6 +253,7 @@ def run_demo(
         work_dir=str(out / "work"),
         worker=worker,
         nprocs=nprocs,
+        omp_nthreads=omp_nthreads,
         random_seed=seed,
         device=device,
         verbose=verbose,

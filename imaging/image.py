@@ -237,8 +237,17 @@ def load_labels(path: PathLike, *, ndim: int | None = None) -> Image:
 
 
 def save_image(image: Image, path: PathLike, *, dtype: npt.DTypeLike | None = None) -> Path:
-    """Write ``image`` as NIfTI atomically (temporary name, then rename)."""
+    """Write ``image`` as NIfTI atomically (temporary name, then rename).
+
+    ``.nii.gz`` files are compressed in memory with no file name and a zero
+    time stamp in the gzip header, so equal images give byte-identical files
+    (gzip would otherwise record the random temporary name).
+    """
     path = Path(path)
+    nifti = image.to_nifti(dtype)
     with atomic_path(path) as tmp:
-        nib.save(image.to_nifti(dtype), str(tmp))
+        if path.name.endswith(".gz"):
+            tmp.write_bytes(gzip.compress(nifti.to_bytes(), compresslevel=6, mtime=0))
+        else:
+            nib.save(nifti, str(tmp))
     return path

@@ -14,6 +14,8 @@ so a broken subject never stops the others.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydra.compose import python, workflow
 
 from mmreg.tasks.evaluate import EvaluatePair
@@ -27,41 +29,49 @@ def FlattenRows(rows: list[list[dict]]) -> list[dict]:
     return [row for pair_rows in rows for row in pair_rows]
 
 
+#: Options every pair shares, with their defaults (see :func:`init_participant_wf`).
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "spacing": 2.0,
+    "normalize": True,
+    "mask": False,
+    "prealign": "com",
+    "seed": 0,
+    "device": "auto",
+    "threads": 1,
+    "label_table": "",
+    "code": "",
+}
+
+
 @workflow.define(outputs=["rows"])
-def PairWorkflow(
-    pair: dict,
-    methods: list[str],
-    spacing: float = 2.0,
-    normalize: bool = True,
-    mask: bool = False,
-    prealign: str = "com",
-    seed: int = 0,
-    device: str = "auto",
-    threads: int = 1,
-    label_table: str = "",
-    code: str = "",
-) -> list[dict]:
+def PairWorkflow(pair: dict, methods: list[str], options: dict) -> list[dict]:
     """Preprocess one pair once, then register and evaluate it with each method."""
+    # Workflow inputs are concrete values while the graph is built, so they unpack here.
+    o = {**DEFAULT_OPTIONS, **options}
     prepare = workflow.add(
         PreparePair(
             pair=pair,
-            spacing=spacing,
-            normalize=normalize,
-            mask=mask,
-            prealign=prealign,
-            code=code,
+            spacing=o["spacing"],
+            normalize=o["normalize"],
+            mask=o["mask"],
+            prealign=o["prealign"],
+            code=o["code"],
         ),
         name="prepare",
     )
     register = workflow.add(
         RegisterPair(
-            prepared=prepare.prepared, seed=seed, device=device, threads=threads, code=code
+            prepared=prepare.prepared,
+            seed=o["seed"],
+            device=o["device"],
+            threads=o["threads"],
+            code=o["code"],
         ).split(method=methods),
         name="register",
     )
     evaluate = workflow.add(
         EvaluatePair(
-            pair=pair, result=register.result, label_table=label_table, code=code
+            pair=pair, result=register.result, label_table=o["label_table"], code=o["code"]
         ).combine("register.method"),
         name="evaluate",
     )
@@ -69,35 +79,10 @@ def PairWorkflow(
 
 
 @workflow.define(outputs=["rows"])
-def SubjectWorkflow(
-    pairs: list[dict],
-    methods: list[str],
-    spacing: float = 2.0,
-    normalize: bool = True,
-    mask: bool = False,
-    prealign: str = "com",
-    seed: int = 0,
-    device: str = "auto",
-    threads: int = 1,
-    label_table: str = "",
-    code: str = "",
-) -> list[dict]:
+def SubjectWorkflow(pairs: list[dict], methods: list[str], options: dict) -> list[dict]:
     """All pairs x methods of one subject (or session), combined into rows."""
     per_pair = workflow.add(
-        PairWorkflow(
-            methods=methods,
-            spacing=spacing,
-            normalize=normalize,
-            mask=mask,
-            prealign=prealign,
-            seed=seed,
-            device=device,
-            threads=threads,
-            label_table=label_table,
-            code=code,
-        )
-        .split(pair=pairs)
-        .combine("pair"),
+        PairWorkflow(methods=methods, options=options).split(pair=pairs).combine("pair"),
         name="pair",
     )
     flatten = workflow.add(FlattenRows(rows=per_pair.rows), name="flatten")
@@ -106,32 +91,11 @@ def SubjectWorkflow(
 
 @workflow.define(outputs=["rows"])
 def ParticipantWorkflow(
-    subjects: list[list[dict]],
-    methods: list[str],
-    spacing: float = 2.0,
-    normalize: bool = True,
-    mask: bool = False,
-    prealign: str = "com",
-    seed: int = 0,
-    device: str = "auto",
-    threads: int = 1,
-    label_table: str = "",
-    code: str = "",
+    subjects: list[list[dict]], methods: list[str], options: dict
 ) -> list[list[dict]]:
     """Split over subjects; each element of ``subjects`` is one subject's pairs."""
     subject = workflow.add(
-        SubjectWorkflow(
-            methods=methods,
-            spacing=spacing,
-            normalize=normalize,
-            mask=mask,
-            prealign=prealign,
-            seed=seed,
-            device=device,
-            threads=threads,
-            label_table=label_table,
-            code=code,
-        ).split(pairs=subjects),
+        SubjectWorkflow(methods=methods, options=options).split(pairs=subjects),
         name="subject",
     )
     return subject.rows
@@ -176,16 +140,15 @@ def init_participant_wf(
         >>> type(wf).__name__
         'ParticipantWorkflow'
     """
-    return ParticipantWorkflow(
-        subjects=subjects,
-        methods=list(methods),
-        spacing=spacing,
-        normalize=normalize,
-        mask=mask,
-        prealign=prealign,
-        seed=seed,
-        device=device,
-        threads=threads,
-        label_table=label_table or "",
-        code=code,
-    )
+    options = {
+        "spacing": float(spacing),
+        "normalize": bool(normalize),
+        "mask": bool(mask),
+        "prealign": prealign,
+        "seed": int(seed),
+        "device": device,
+        "threads": int(threads),
+        "label_table": label_table or "",
+        "code": code,
+    }
+    return ParticipantWorkflow(subjects=subjects, methods=list(methods), options=options)
