@@ -31,6 +31,8 @@ import mmreg
 from mmreg.bids_app.config import (
     DEVICES,
     PREALIGN_MODES,
+    SLURM_OPTIONS,
+    WORKER_ARG_KEYS,
     WORKERS,
     Config,
     usable_cpus,
@@ -132,6 +134,45 @@ def _angle(text: str) -> float:
     return value
 
 
+def parse_worker_args(items: Sequence[str], worker: str) -> dict[str, str]:
+    """``["partition=gpu", "poll=5"]`` -> ``{"partition": "gpu", "poll": "5"}``.
+
+    A key given twice keeps the last value, except ``sbatch``, whose values add up.
+
+    Raises:
+        UsageError: Worker args for a worker other than slurm, an item without ``=``,
+            an unknown key, an empty value, a bad ``poll``, or ``--error`` in ``sbatch``.
+    """
+    if not items:
+        return {}
+    if worker != "slurm":
+        raise UsageError(f"--worker-args: only --worker slurm takes options (not {worker})")
+    parsed: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not sep:
+            raise UsageError(f"--worker-args {item}: expected KEY=VALUE")
+        if key not in WORKER_ARG_KEYS:
+            raise UsageError(
+                f"--worker-args {item}: unknown key {key!r}; use one of "
+                + ", ".join(WORKER_ARG_KEYS)
+            )
+        if not value:
+            raise UsageError(f"--worker-args {item}: empty value")
+        if key == "sbatch":
+            # Pydra reads a failed job's reason from the --error file it names itself.
+            if any(t in ("-e", "--error") or t.startswith("--error=") for t in value.split()):
+                raise UsageError("--worker-args sbatch: --error is set by mmreg, leave it out")
+            value = f"{parsed[key]} {value}" if key in parsed else value
+        elif any(c.isspace() for c in value):
+            raise UsageError(f"--worker-args {item}: the value may not contain spaces")
+        if key == "poll" and not value.isdigit():
+            raise UsageError(f"--worker-args {item}: poll must be whole seconds (0 or more)")
+        parsed[key] = value
+    return parsed
+
+
 def default_methods() -> tuple[str, ...]:
     """What runs when ``--methods`` is not given."""
     return DEFAULT_METHODS
@@ -166,6 +207,17 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         default="cf",
         help="Pydra worker: debug (serial, in process), cf (local processes), "
         "slurm (one job per task) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--worker-args",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="options for the slurm worker: "
+        + ", ".join(f"{k} ({o})" for k, o in SLURM_OPTIONS.items())
+        + ", poll (seconds between job checks), sbatch (raw sbatch options, quoted); "
+        "e.g. partition=gpu time=02:00:00 mem=8G gres=gpu:1 sbatch='--nice=10'",
     )
     group.add_argument(
         "--nprocs",
@@ -445,6 +497,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         [query.parse_filter(m, option="--moving") for m in args.moving] if args.moving else None
     )
     _check_worker(args.worker)
+    worker_args = parse_worker_args(args.worker_args, args.worker)
     _check_device(args.device)
     extra = {}
     if fixed is not None:
@@ -461,6 +514,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         methods=parse_methods(args.methods),
         work_dir=str(work_dir),
         worker=args.worker,
+        worker_args=worker_args,
         nprocs=args.nprocs or usable_cpus(),
         omp_nthreads=args.omp_nthreads,
         random_seed=args.random_seed,
@@ -506,6 +560,7 @@ def _main_demo(argv: Sequence[str]) -> int:
         raise UsageError(f"--out {args.out} exists and is not a folder")
     methods = parse_methods(args.methods, default=DEMO_METHODS)
     _check_worker(args.worker)
+    worker_args = parse_worker_args(args.worker_args, args.worker)
     _check_device(args.device)
     from mmreg.bids_app import run
 
@@ -517,6 +572,7 @@ def _main_demo(argv: Sequence[str]) -> int:
         methods=methods,
         max_rotation=args.max_rotation,
         worker=args.worker,
+        worker_args=worker_args,
         nprocs=args.nprocs or usable_cpus(),
         omp_nthreads=args.omp_nthreads,
         device=args.device,

@@ -24,6 +24,19 @@ ANALYSIS_LEVELS = ("participant", "group")
 WORKERS = ("debug", "cf", "slurm")
 DEVICES = ("auto", "cpu", "cuda")
 PREALIGN_MODES = ("none", "com", "moments")
+#: ``--worker-args`` keys that become sbatch options for the slurm worker. Two more keys:
+#: ``poll`` (seconds between job-state checks) and ``sbatch`` (raw options, appended as given).
+SLURM_OPTIONS: dict[str, str] = {
+    "partition": "--partition",
+    "account": "--account",
+    "qos": "--qos",
+    "time": "--time",
+    "mem": "--mem",
+    "cpus": "--cpus-per-task",
+    "gres": "--gres",
+    "constraint": "--constraint",
+}
+WORKER_ARG_KEYS = (*SLURM_OPTIONS, "poll", "sbatch")
 
 #: Filters applied when ``--fixed``/``--moving`` are not given (the contract's defaults).
 DEFAULT_FIXED: dict[str, str] = {"suffix": "T1w"}
@@ -43,6 +56,21 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def slurm_worker_kwargs(worker_args: dict[str, str]) -> dict[str, Any]:
+    """Pydra slurm worker arguments from ``--worker-args``.
+
+    ``{"partition": "gpu", "time": "02:00:00", "poll": "5", "sbatch": "--nice=10"}`` ->
+    ``{"sbatch_args": "--partition=gpu --time=02:00:00 --nice=10", "poll_delay": 5}``.
+    """
+    options = [f"{SLURM_OPTIONS[k]}={v}" for k, v in worker_args.items() if k in SLURM_OPTIONS]
+    if worker_args.get("sbatch"):
+        options.append(worker_args["sbatch"])
+    kwargs: dict[str, Any] = {"sbatch_args": " ".join(options)}
+    if "poll" in worker_args:
+        kwargs["poll_delay"] = int(worker_args["poll"])
+    return kwargs
 
 
 def describe_filter(entities: dict[str, str]) -> str:
@@ -68,6 +96,8 @@ class Config:
         work_dir: Pydra cache root and BIDS index (absolute).
         worker: Pydra worker: ``debug``, ``cf`` or ``slurm``.
         nprocs: Parallel tasks for the ``cf`` worker.
+        worker_args: ``--worker-args`` as ``{key: value}`` (keys in :data:`WORKER_ARG_KEYS`);
+            for the ``slurm`` worker, see :func:`slurm_worker_kwargs`.
         omp_nthreads: Threads inside each task (ITK, torch). 1 keeps results
             bit-reproducible; more is faster but ITK's multi-threaded metrics
             then vary in the last digits between runs.
@@ -93,6 +123,7 @@ class Config:
     work_dir: str = ""
     worker: str = "cf"
     nprocs: int = 1
+    worker_args: dict[str, str] = field(default_factory=dict)
     omp_nthreads: int = 1
     random_seed: int = 0
     device: str = "auto"
@@ -120,6 +151,7 @@ class Config:
             tuple({str(k): str(v) for k, v in dict(m).items()} for m in self.moving),
         )
         set_(self, "methods", tuple(str(m) for m in self.methods))
+        set_(self, "worker_args", {str(k): str(v) for k, v in dict(self.worker_args).items()})
         set_(self, "resolution", float(self.resolution))
         self._check()
 
@@ -135,6 +167,8 @@ class Config:
             raise ValueError(f"prealign must be one of {PREALIGN_MODES}")
         if not self.moving:
             raise ValueError("at least one moving filter is needed")
+        if set(self.worker_args) - set(WORKER_ARG_KEYS):
+            raise ValueError(f"worker_args keys must be among {WORKER_ARG_KEYS}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (tuples become lists)."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import pickle
+import re
 import threading
 import time
 from collections import defaultdict
@@ -12,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mmreg.bids_app import derivatives
-from mmreg.bids_app.config import Config
+from mmreg.bids_app.config import Config, slurm_worker_kwargs
 from mmreg.bids_app.logs import LOGGER, setup_logging
 from mmreg.errors import MmregError
 from mmreg.runtime import limit_threads
@@ -109,15 +112,19 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
         worker_kwargs: dict[str, Any] = {}
         if config.worker == "cf":
             worker_kwargs["n_procs"] = nprocs
+        elif config.worker == "slurm":
+            worker_kwargs.update(slurm_worker_kwargs(config.worker_args))
+        started = time.time()
         try:
             with _Progress(cache_root, len(pairs) * len(config.methods)):
                 outputs = wf(worker=config.worker, cache_root=cache_root, **worker_kwargs)
         except Exception as exc:
             logging.getLogger("mmreg.engine").debug("workflow failed", exc_info=True)
+            reason, source = engine_failure_reason(exc, cache_root, since=started)
             LOGGER.error(
-                "the workflow engine failed (%s); details in %s",
-                " ".join(str(exc).split())[:300],
-                log_path,
+                "the workflow engine failed: %s; details in %s",
+                reason,
+                f"{source} and {log_path}" if source else log_path,
             )
             return EXIT_SOFTWARE
         for records, rows in zip(by_subject.values(), outputs.rows, strict=True):
@@ -157,6 +164,74 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
     total = sum(len(r) for r in rows_by_subject.values())
     LOGGER.info("%d of %d registration(s) ok; results in %s", total - n_failed, total, output_dir)
     return EXIT_SOME_FAILED if n_failed else EXIT_OK
+
+
+#: A line that states an error: ``ValueError: ...``, ``slurmstepd: error: ... CANCELLED ...``.
+_ERROR_LINE = re.compile(
+    r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b|Fatal Python error|\S+: error:"
+    r"|.*\b(Killed|CANCELLED|TIMEOUT|OUT_OF_MEMORY|oom-kill)\b)"
+)
+#: Pydra's wrappers around the real error, never the reason themselves.
+_WRAPPER_LINE = re.compile(r"Workflow job .* failed with errors|unknown reason - TODO")
+
+
+def _reason_line(text: str) -> str | None:
+    """The last line of ``text`` that states an error (a traceback's last line), or None."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _ERROR_LINE.match(line) and not _WRAPPER_LINE.search(line):
+            return line
+    return None
+
+
+def _read_error_file(path: Path) -> str:
+    """The text of a Pydra ``_error.pklz`` (a pickled dict) or of a job's ``.err`` file."""
+    if path.suffix != ".pklz":
+        return path.read_text(errors="replace")
+    with path.open("rb") as stream:
+        data = pickle.load(stream)  # written by Pydra into our own cache folder
+    message = data.get("error message", data) if isinstance(data, dict) else data
+    return "".join(message) if isinstance(message, list) else str(message)
+
+
+def engine_failure_reason(
+    exc: BaseException, cache_root: Path, *, since: float
+) -> tuple[str, Path | None]:
+    """One line saying why the workflow engine failed, and the file with the details.
+
+    Pydra wraps a task's failure in one RuntimeError per enclosing workflow, and for a
+    failed SLURM job only says "Job failed (unknown reason - TODO)" unless the second to
+    last line of the job's ``.err`` says more. The real reason is, in this order, in a task's
+    ``_error.pklz`` (a Python traceback inside the task, or the job could not load it), in
+    a SLURM job's ``.err`` file (the job died: killed, out of memory, Python not starting),
+    or in the exception itself (e.g. sbatch refused the job). Only files written since
+    ``since`` (the run's start) count. The full text goes to the ``mmreg.engine`` log.
+    """
+    log = logging.getLogger("mmreg.engine")
+    candidates = [
+        *cache_root.glob("python-*/_error.pklz"),
+        *cache_root.glob("slurm_scripts/*/_error.pklz"),
+        *cache_root.glob("slurm_scripts/*/slurm-*.err"),
+    ]
+    recent = []
+    for path in candidates:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime >= since - 5 and path.stat().st_size:
+                recent.append(path)
+    # Tracebacks before job logs (they are the more precise), then the earliest failure.
+    recent.sort(key=lambda p: (p.suffix != ".pklz", p.stat().st_mtime))
+    for path in recent:
+        try:
+            text = _read_error_file(path)
+        except Exception:  # unreadable: try the next one
+            log.debug("could not read %s", path, exc_info=True)
+            continue
+        reason = _reason_line(text)
+        if reason:
+            log.debug("first failure, from %s:\n%s", path, text)
+            return " ".join(reason.split())[:300], path
+    reason = _reason_line(str(exc)) or f"{type(exc).__name__}: {exc}"
+    return " ".join(reason.split())[:300], None
 
 
 def _label_table(config: Config) -> str | None:
@@ -213,6 +288,7 @@ def run_demo(
     methods: Sequence[str] = ("ants-affine",),
     max_rotation: float = 20.0,
     worker: str = "cf",
+    worker_args: dict[str, str] | None = None,
     nprocs: int = 1,
     omp_nthreads: int = 1,
     device: str = "auto",
@@ -252,6 +328,7 @@ def run_demo(
         methods=tuple(methods),
         work_dir=str(out / "work"),
         worker=worker,
+        worker_args=worker_args or {},
         nprocs=nprocs,
         omp_nthreads=omp_nthreads,
         random_seed=seed,

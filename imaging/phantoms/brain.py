@@ -468,7 +468,7 @@ def generate_brain_subject(
     max_translation_mm: float = 10.0,
     large_rotations: bool = False,
     anatomy_deformation_mm: float = 4.0,
-    extra_deformation_mm: float = 1.5,
+    extra_deformation_mm: float = 4.0,
     fixed_spacing_mm: float = 2.0,
     moving_spacing_mm: float = 2.4,
     bias_strength: float = 0.2,
@@ -487,7 +487,9 @@ def generate_brain_subject(
         anatomy_deformation_mm: Peak displacement of the subject's deformation
             of the template.
         extra_deformation_mm: Peak displacement of the deformation between the
-            fixed and the moving scans (0 for a purely rigid relation).
+            fixed and the moving scans, like a distortion (0 for a purely rigid
+            relation). At 4 mm, affine registration reaches Dice ~0.80 and SyN
+            ~0.85 of a ~0.86 ceiling; at 1.5 mm affine is already at the ceiling.
         fixed_spacing_mm: Voxel size of the T1w grid.
         moving_spacing_mm: Voxel size of the shared T2w/PDw grid.
         bias_strength: Roughly the largest log-amplitude of the bias field.
