@@ -175,12 +175,20 @@ _ERROR_LINE = re.compile(
 _WRAPPER_LINE = re.compile(r"Workflow job .* failed with errors|unknown reason - TODO")
 
 
+#: Between chained tracebacks; the first one holds the root cause.
+_CHAINED = re.compile(
+    r"^(During handling of the above exception|The above exception was the direct cause)",
+    re.MULTILINE,
+)
+
+
 def _reason_line(text: str) -> str | None:
-    """The last line of ``text`` that states an error (a traceback's last line), or None."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if _ERROR_LINE.match(line) and not _WRAPPER_LINE.search(line):
-            return line
+    """The line of ``text`` that states the first error (a traceback's last line), or None."""
+    for part in (_CHAINED.split(text)[0], text):
+        lines = [line.strip() for line in part.splitlines() if line.strip()]
+        for line in reversed(lines):
+            if _ERROR_LINE.match(line) and not _WRAPPER_LINE.search(line):
+                return line
     return None
 
 

@@ -256,5 +256,12 @@ node_up() {
 wait_for "$TIMEOUT" "node $NODE" "$LOGDIR/slurmd.log" node_up
 wait_for "$TIMEOUT" sacct "$LOGDIR/slurmdbd.log" sacct -n -X -S now
 
+# End to end: a job runs and accounting records it (the first record after a cold start
+# can take a few seconds to reach the database; pydra treats a missing record as an error).
+jid=$(sbatch --parsable -J local-slurm-check -o /dev/null -e /dev/null --wrap true) \
+    || die "sbatch refused a test job" "$LOGDIR/slurmctld.log"
+wait_for "$TIMEOUT" "test job $jid in sacct" "$LOGDIR/slurmd.log" \
+    bash -c "sacct -n -X -j $jid -o State | grep -q COMPLETED"
+
 say "cluster '$CLUSTER' is up: node $NODE ($CPUS CPUs, ${MEM_MB} MB), partition $PARTITION"
 sinfo

@@ -146,3 +146,48 @@ def test_participant_run_on_slurm(tmp_path: Path) -> None:
         slurm, cf = _rows(tmp_path / "out-slurm" / table), _rows(tmp_path / "out-cf" / table)
         assert len(slurm) == 2 and set(slurm["status"]) == {"ok"}
         pd.testing.assert_frame_equal(slurm, cf)
+
+
+def test_engine_failure_reason_finds_the_first_real_error(tmp_path: Path) -> None:
+    """A failed job's reason comes from its files, not from Pydra's wrapping RuntimeErrors."""
+    import pickle
+    import time
+
+    from mmreg.bids_app.run import engine_failure_reason
+
+    wrapped = RuntimeError(
+        "Workflow job main failed with errors:\n\nJob 'subject(0)' errored:\n"
+        "Exception: Job failed (unknown reason - TODO)\n"
+    )
+    start = time.time()
+    # Nothing on disk: the exception's own last real line (here only wrappers, so its text).
+    reason, source = engine_failure_reason(
+        RuntimeError("Error returned from sbatch: sbatch: error: Invalid partition name"),
+        tmp_path,
+        since=start,
+    )
+    assert source is None and reason.startswith("RuntimeError: Error returned from sbatch")
+
+    # A job's .err with chained tracebacks: the first (root) cause.
+    err = tmp_path / "slurm_scripts" / "abc" / "slurm-7.err"
+    err.parent.mkdir(parents=True)
+    err.write_text(
+        "Traceback (most recent call last):\n  File 'x', line 1\n"
+        "RuntimeError: mmreg is broken on this node\n\n"
+        "During handling of the above exception, another exception occurred:\n\n"
+        "Traceback (most recent call last):\n"
+        "AttributeError: 'str' object has no attribute 'parent'\n"
+    )
+    assert engine_failure_reason(wrapped, tmp_path, since=start) == (
+        "RuntimeError: mmreg is broken on this node",
+        err,
+    )
+
+    # A task's _error.pklz (a traceback inside the task) comes first.
+    pklz = tmp_path / "python-123" / "_error.pklz"
+    pklz.parent.mkdir()
+    traceback = ["Traceback (most recent call last):\n", "  File 'y'\n", "MemoryError: big\n"]
+    pklz.write_bytes(pickle.dumps({"error message": traceback}))
+    assert engine_failure_reason(wrapped, tmp_path, since=start) == ("MemoryError: big", pklz)
+    # ... but not when left over from an earlier run.
+    assert engine_failure_reason(wrapped, tmp_path, since=start + 3600)[1] is None
