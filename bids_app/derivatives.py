@@ -90,10 +90,6 @@ def write_dataset_description(output_dir: Path, *, source: Path | None = None) -
     return path
 
 
-def _entities(pair: dict[str, Any]) -> dict[str, str | None]:
-    return {"subject": pair["subject"], "session": pair.get("session")}
-
-
 def write_pair_outputs(
     output_dir: Path,
     pair: dict[str, Any],
@@ -118,13 +114,12 @@ def write_pair_outputs(
     )
     atomic_copy(row["_warped"], warped)
     atomic_copy(row["_transform"], xfm)
-    source = [
-        naming.bids_uri(pair["moving"], pair.get("bids_dir")),
-        naming.bids_uri(pair["fixed"], pair.get("bids_dir")),
-    ]
+    moving_uri = naming.bids_uri(pair["moving"], pair.get("bids_dir"))
+    fixed_uri = naming.bids_uri(pair["fixed"], pair.get("bids_dir"))
+    source = [moving_uri, fixed_uri]
     common = {"Method": row["method"], "GeneratedBy": f"mmreg {mmreg.__version__}"}
     warped_meta = {
-        "SpatialReference": naming.bids_uri(pair["fixed"], pair.get("bids_dir")),
+        "SpatialReference": fixed_uri,
         "Sources": [*source, xfm.relative_to(output_dir).as_posix()],
         "Description": f"{moving} image resampled onto the {fixed} image's grid",
         # Resampling keeps every voxel; the background is never zeroed here.
@@ -137,8 +132,8 @@ def write_pair_outputs(
             f"Maps {fixed}-space points to {moving}-space points (ITK convention, LPS); "
             f"apply it to resample the {moving} image onto the {fixed} grid"
         ),
-        "FromFile": naming.bids_uri(pair["moving"], pair.get("bids_dir")),
-        "ToFile": naming.bids_uri(pair["fixed"], pair.get("bids_dir")),
+        "FromFile": moving_uri,
+        "ToFile": fixed_uri,
         "Linear": ext in ("txt", "mat"),
         **common,
     }

@@ -134,17 +134,8 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
 
     for item in missing:
         for method in config.methods:
-            rows_by_subject[item.subject].append(
-                {
-                    "subject": item.subject,
-                    "session": item.session or "",
-                    "fixed": item.fixed_label,
-                    "moving": item.moving_label,
-                    "method": method,
-                    "status": "failed",
-                    "error": item.reason,
-                }
-            )
+            failed = {"method": method, "status": "failed", "error": item.reason}
+            rows_by_subject[item.subject].append(derivatives.public_row(item.to_dict(), failed))
 
     n_failed = 0
     for subject in sorted(rows_by_subject):

@@ -92,8 +92,9 @@ def NormalizeImage(
 @python.define(outputs=["out_file"])
 def PrealignImages(fixed: NiftiGz, moving: NiftiGz, mode: str = "com") -> TextFile:
     """Initial fixed->moving transform (``none``, ``com`` or ``moments``) as ITK text."""
-    matrix = preprocess.prealign(load_image(fixed.fspath), load_image(moving.fspath), mode)
-    transform = Transform.from_affine(matrix, ndim=load_image(fixed.fspath).ndim)
+    fixed_image = load_image(fixed.fspath)
+    matrix = preprocess.prealign(fixed_image, load_image(moving.fspath), mode)
+    transform = Transform.from_affine(matrix, ndim=fixed_image.ndim)
     return TextFile(transform.write(_out("prealign_xfm.txt")))
 
 
