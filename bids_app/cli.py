@@ -173,6 +173,37 @@ def parse_worker_args(items: Sequence[str], worker: str) -> dict[str, str]:
     return parsed
 
 
+def parse_models(items: Sequence[str] | None, methods: Sequence[str]) -> dict[str, str]:
+    """``["keymorph=/w/km.pt"]`` -> ``{"keymorph": "/w/km.pt"}`` (absolute, existing files).
+
+    Raises:
+        UsageError: For an item without ``=``, a family no listed method uses, or a
+            missing file.
+    """
+    if not items:
+        return {}
+    from mmreg.methods import model_families
+
+    families = model_families(methods)
+    parsed: dict[str, str] = {}
+    for item in items:
+        family, sep, value = item.partition("=")
+        family, value = family.strip(), value.strip()
+        if not sep or not family or not value:
+            raise UsageError(f"--model {item}: expected FAMILY=PATH, e.g. keymorph=model.pt")
+        if family not in families:
+            used = ", ".join(families) or "none"
+            raise UsageError(
+                f"--model {item}: no selected method uses {family!r} weights "
+                f"(learned families in --methods: {used})"
+            )
+        path = Path(value).expanduser().resolve()
+        if not path.is_file():
+            raise UsageError(f"--model {item}: file not found: {path}")
+        parsed[family] = str(path)
+    return parsed
+
+
 def default_methods() -> tuple[str, ...]:
     """What runs when ``--methods`` is not given."""
     return DEFAULT_METHODS
@@ -246,6 +277,17 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         action="count",
         default=0,
         help="more messages; -vv adds third-party debug output",
+    )
+
+
+def _add_model_option(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="FAMILY=PATH",
+        help="weights for a learned method family, e.g. keymorph=my_model.pt (from "
+        "'mmreg train'); default: the shipped demo weights",
     )
 
 
@@ -331,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="methods, comma separated; A+B chains initialise B with A's "
         f"transform (default: {','.join(DEFAULT_METHODS)})",
     )
+    _add_model_option(reg)
     reg.add_argument(
         "--random-seed",
         type=_seed,
@@ -413,6 +456,7 @@ def build_demo_parser() -> argparse.ArgumentParser:
         metavar="NAME,NAME,...",
         help=f"methods to run (default: {','.join(DEMO_METHODS)})",
     )
+    _add_model_option(parser)
     parser.add_argument(
         "--max-rotation",
         type=_angle,
@@ -499,6 +543,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     _check_worker(args.worker)
     worker_args = parse_worker_args(args.worker_args, args.worker)
     _check_device(args.device)
+    methods = parse_methods(args.methods)
     extra = {}
     if fixed is not None:
         extra["fixed"] = fixed
@@ -511,7 +556,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         analysis_level=args.analysis_level,
         participant_labels=query.normalize_participant_labels(args.participant_label),
         ground_truth=str(ground_truth) if ground_truth else None,
-        methods=parse_methods(args.methods),
+        methods=methods,
+        models=parse_models(args.model, methods),
         work_dir=str(work_dir),
         worker=args.worker,
         worker_args=worker_args,
@@ -559,6 +605,7 @@ def _main_demo(argv: Sequence[str]) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
     methods = parse_methods(args.methods, default=DEMO_METHODS)
+    models = parse_models(args.model, methods)
     _check_worker(args.worker)
     worker_args = parse_worker_args(args.worker_args, args.worker)
     _check_device(args.device)
@@ -570,6 +617,7 @@ def _main_demo(argv: Sequence[str]) -> int:
         subjects=args.subjects,
         seed=args.seed,
         methods=methods,
+        models=models,
         max_rotation=args.max_rotation,
         worker=args.worker,
         worker_args=worker_args,

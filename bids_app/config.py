@@ -93,6 +93,8 @@ class Config:
         moving: One entity filter per moving modality; each gives its own pairs.
         ground_truth: Ground-truth derivatives folder, or ``None``.
         methods: Method specs as given on the CLI (``ants-affine``, ``a+b`` chains).
+        models: ``--model`` weights per learned method family (``{"keymorph": path}``);
+            families not listed use the shipped weights.
         work_dir: Pydra cache root and BIDS index (absolute).
         worker: Pydra worker: ``debug``, ``cf`` or ``slurm``.
         nprocs: Parallel tasks for the ``cf`` worker.
@@ -120,6 +122,7 @@ class Config:
     moving: tuple[dict[str, str], ...] = field(default_factory=lambda: (dict(DEFAULT_MOVING),))
     ground_truth: str | None = None
     methods: tuple[str, ...] = ()
+    models: dict[str, str] = field(default_factory=dict)
     work_dir: str = ""
     worker: str = "cf"
     nprocs: int = 1
@@ -151,6 +154,7 @@ class Config:
             tuple({str(k): str(v) for k, v in dict(m).items()} for m in self.moving),
         )
         set_(self, "methods", tuple(str(m) for m in self.methods))
+        set_(self, "models", {str(k): str(v) for k, v in dict(self.models).items()})
         set_(self, "worker_args", {str(k): str(v) for k, v in dict(self.worker_args).items()})
         set_(self, "resolution", float(self.resolution))
         self._check()

@@ -49,6 +49,7 @@ LABEL_ENTITIES = (
 
 _ALNUM = re.compile(r"[A-Za-z0-9]+")
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
 
 
 def sanitize_label(value: object, *, what: str = "label") -> str:
@@ -74,8 +75,9 @@ def sanitize_label(value: object, *, what: str = "label") -> str:
 def camel_method(name: str) -> str:
     """The method name as a BIDS label, in camelCase.
 
-    Words are separated by anything not alphanumeric (``-``, ``+``, ``_``),
-    the first word keeps its case, the others get a capital first letter.
+    Words are separated by anything not alphanumeric (``-``, ``+``, ``_``, ``:``,
+    ``=``), the first word keeps its case, the others get a capital first letter; a
+    decimal point between digits becomes ``p`` so that ``0.1`` and ``01`` differ.
 
     Examples:
         >>> camel_method("ants-affine")
@@ -84,8 +86,10 @@ def camel_method(name: str) -> str:
         'keymorphAffineAntsSyn'
         >>> camel_method("sitk-rigid")
         'sitkRigid'
+        >>> camel_method("keymorph-tps:lambda=0.1")
+        'keymorphTpsLambda0p1'
     """
-    words = [w for w in _NON_ALNUM.split(name) if w]
+    words = [w for w in _NON_ALNUM.split(_DECIMAL_POINT.sub("p", name)) if w]
     if not words:
         raise UsageError(f"invalid method name {name!r}: no letters or digits")
     return words[0] + "".join(w[:1].upper() + w[1:] for w in words[1:])

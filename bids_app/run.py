@@ -17,7 +17,7 @@ from typing import Any
 from mmreg.bids_app import derivatives
 from mmreg.bids_app.config import Config, slurm_worker_kwargs
 from mmreg.bids_app.logs import LOGGER, setup_logging
-from mmreg.errors import MmregError
+from mmreg.errors import InputError, MmregError, UsageError
 from mmreg.runtime import limit_threads
 
 #: Exit codes of the contract.
@@ -105,6 +105,7 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
             device=config.device,
             threads=config.omp_nthreads,
             label_table=_label_table(config),
+            models=model_records(config),
             code=code_fingerprint(),
         )
         cache_root = Path(config.work_dir)
@@ -233,6 +234,28 @@ def engine_failure_reason(
     return " ".join(reason.split())[:300], None
 
 
+def model_records(config: Config) -> dict[str, dict[str, str]]:
+    """Path and sha256 of the weights of every learned family the run's methods use.
+
+    Raises:
+        InputError: When weights are missing or fail their sha256 check (before any task).
+    """
+    from mmreg.methods import model_families
+    from mmreg.models import load_checkpoint, model_record
+
+    records = {}
+    for family in model_families(config.methods):
+        # Verify once here, so a bad file is one clear usage error rather than N failed rows.
+        try:
+            record = model_record(family, config.models.get(family))
+            load_checkpoint(record["path"], method=family)
+        except InputError as exc:
+            raise UsageError(str(exc)) from exc
+        records[family] = record
+        LOGGER.info("%s weights: %s (sha256 %s)", family, record["path"], record["sha256"][:12])
+    return records
+
+
 def _label_table(config: Config) -> str | None:
     if not config.ground_truth:
         return None
@@ -285,6 +308,7 @@ def run_demo(
     subjects: int = 3,
     seed: int = 0,
     methods: Sequence[str] = ("ants-affine",),
+    models: dict[str, str] | None = None,
     max_rotation: float = 20.0,
     worker: str = "cf",
     worker_args: dict[str, str] | None = None,
@@ -300,7 +324,6 @@ def run_demo(
     """
     from mmreg.bids_app.demo_data import write_demo_dataset
     from mmreg.bids_app.query import find_pairs
-    from mmreg.errors import UsageError
 
     if dataset != "brain":
         raise UsageError(f"--dataset {dataset}: only the brain demo is available so far")
@@ -325,6 +348,7 @@ def run_demo(
         fixed={"suffix": "T1w"},
         moving=({"suffix": "T2w"}, {"suffix": "PDw"}),
         methods=tuple(methods),
+        models=models or {},
         work_dir=str(out / "work"),
         worker=worker,
         worker_args=worker_args or {},

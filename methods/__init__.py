@@ -22,6 +22,8 @@ from mmreg.methods.chain import ChainMethod, run_chain
 from mmreg.methods.registry import (
     available_methods,
     get_method,
+    model_families,
+    model_family,
     parse_methods,
     register_factory,
     register_lazy,
@@ -36,6 +38,8 @@ __all__ = [
     "RegistrationResult",
     "available_methods",
     "get_method",
+    "model_families",
+    "model_family",
     "parse_methods",
     "register_factory",
     "register_lazy",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mmreg.imaging.image import Image
@@ -71,13 +71,14 @@ def run_chain(
     seed: int = 0,
     device: str = "cpu",
     threads: int = 1,
+    models: Mapping[str, str] | None = None,
 ) -> RegistrationResult:
-    """Register with a method name or an ``A+B`` chain.
+    """Register with a method name or an ``A+B`` chain (``models``: see ``get_method``).
 
     Raises:
         UsageError: For an unknown method name.
         RegistrationError: When a step fails (the message names the method).
     """
-    return get_method(spec).register(
+    return get_method(spec, models=models).register(
         fixed, moving, initial=initial, seed=seed, device=device, threads=threads
     )

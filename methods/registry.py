@@ -13,13 +13,20 @@ that listing names does not import them; the named module is imported on first u
 and must register the name itself.
 
 A method spec is a name or a chain ``A+B`` (A's transform initialises B), and
-``--methods`` is a comma-separated list of specs.
+``--methods`` is a comma-separated list of specs. A step may carry parameters,
+``name:key=value[:key=value]`` (e.g. ``keymorph-tps:lambda=0.1``), handed to its factory
+as strings, so one model gives several rows.
+
+Learned methods belong to a *model family* (``keymorph``): their factory is called with
+``model=`` the weights file chosen by ``--model family=PATH`` (``None``: shipped weights).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+import inspect
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from mmreg.errors import UsageError
@@ -29,24 +36,41 @@ __all__ = [
     "CHAIN_SEPARATOR",
     "available_methods",
     "get_method",
+    "join_step",
+    "model_families",
+    "model_family",
     "parse_methods",
     "register_factory",
     "register_lazy",
     "register_method",
     "split_chain",
+    "split_step",
 ]
 
 CHAIN_SEPARATOR = "+"
 LIST_SEPARATOR = ","
+PARAM_SEPARATOR = ":"
 
-_FACTORIES: dict[str, Callable[[], Method]] = {}
+_FACTORIES: dict[str, Callable[..., Method]] = {}
+_FAMILIES: dict[str, str] = {}
 _LAZY: dict[str, str] = {}
+_PARAM = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)=([A-Za-z0-9_.+-]+)$")
 
 M = TypeVar("M", bound=type)
 
 
-def register_factory(name: str, factory: Callable[[], Method], *, replace: bool = False) -> None:
-    """Register ``factory`` (called with no arguments) under the CLI ``name``.
+def register_factory(
+    name: str,
+    factory: Callable[..., Method],
+    *,
+    replace: bool = False,
+    model_family: str | None = None,
+) -> None:
+    """Register ``factory`` under the CLI ``name``.
+
+    The factory is called with ``params=`` (a ``dict[str, str]``) only when the spec
+    has parameters, and, for a ``model_family``, always with ``model=`` (a path or
+    ``None``).
 
     Raises:
         ValueError: For an invalid name, or a name already taken (unless ``replace``).
@@ -55,6 +79,8 @@ def register_factory(name: str, factory: Callable[[], Method], *, replace: bool 
     if name in _FACTORIES and not replace and _FACTORIES[name] is not factory:
         raise ValueError(f"method {name!r} is already registered")
     _FACTORIES[name] = factory
+    if model_family:
+        _FAMILIES[name] = model_family
     _LAZY.pop(name, None)
 
 
@@ -72,7 +98,7 @@ def register_lazy(name: str, module: str) -> None:
 
 
 def _check_name(name: str) -> None:
-    if not name or name != name.strip() or any(c in name for c in ",+ \t"):
+    if not name or name != name.strip() or any(c in name for c in ",+: \t="):
         raise ValueError(f"invalid method name {name!r}")
 
 
@@ -88,23 +114,68 @@ def _unknown(name: str) -> UsageError:
     )
 
 
-def split_chain(spec: str) -> list[str]:
-    """``"a+b"`` -> ``["a", "b"]`` (stripped, each name checked).
+def split_step(step: str) -> tuple[str, dict[str, str]]:
+    """``"keymorph-tps:lambda=0.1"`` -> ``("keymorph-tps", {"lambda": "0.1"})``.
 
     Raises:
-        UsageError: For an empty step or an unknown name.
+        UsageError: For a malformed parameter.
+    """
+    name, *items = [part.strip() for part in step.split(PARAM_SEPARATOR)]
+    params: dict[str, str] = {}
+    for item in items:
+        match = _PARAM.match(item)
+        if not match:
+            raise UsageError(
+                f"invalid method parameter {item!r} in {step!r}; write name:key=value, "
+                "e.g. keymorph-tps:lambda=0.1"
+            )
+        params[match.group(1)] = match.group(2)
+    return name, params
+
+
+def join_step(name: str, params: Mapping[str, str]) -> str:
+    """Inverse of :func:`split_step` (parameters in the given order)."""
+    return PARAM_SEPARATOR.join([name, *(f"{k}={v}" for k, v in params.items())])
+
+
+def split_chain(spec: str) -> list[str]:
+    """``"a+b:k=v"`` -> ``["a", "b:k=v"]`` (stripped, each name checked).
+
+    Raises:
+        UsageError: For an empty step, an unknown name or a malformed parameter.
     """
     steps = [s.strip() for s in str(spec).split(CHAIN_SEPARATOR)]
     if not all(steps):
         raise UsageError(f"empty method name in {spec!r}")
     known = available_methods()
+    out = []
     for step in steps:
-        if step not in known:
-            raise _unknown(step)
-    return steps
+        name, params = split_step(step)
+        if name not in known:
+            raise _unknown(name)
+        out.append(join_step(name, params))
+    return out
 
 
-def _single(name: str) -> Method:
+def model_family(name: str) -> str | None:
+    """The model family of a method name (``keymorph-affine`` -> ``keymorph``), if learned."""
+    name = split_step(name)[0]
+    _load(name)
+    return _FAMILIES.get(name)
+
+
+def model_families(specs: Iterable[str]) -> list[str]:
+    """The model families that a list of method specs needs, in first-use order."""
+    out: list[str] = []
+    for spec in specs:
+        for step in split_chain(spec):
+            family = model_family(step)
+            if family and family not in out:
+                out.append(family)
+    return out
+
+
+def _load(name: str) -> None:
     if name not in _FACTORIES and name in _LAZY:
         module = _LAZY[name]
         importlib.import_module(module)
@@ -112,21 +183,41 @@ def _single(name: str) -> Method:
             raise RuntimeError(f"module {module} did not register method {name!r}")
     if name not in _FACTORIES:
         raise _unknown(name)
-    return _FACTORIES[name]()
 
 
-def get_method(spec: str) -> Method:
+def _single(step: str, models: Mapping[str, str]) -> Method:
+    name, params = split_step(step)
+    _load(name)
+    kwargs: dict[str, object] = {}
+    if params:
+        kwargs["params"] = params
+    family = _FAMILIES.get(name)
+    if family:
+        kwargs["model"] = models.get(family)
+    factory = _FACTORIES[name]
+    if params and "params" not in inspect.signature(factory).parameters:
+        raise UsageError(f"method {name!r} takes no parameters (got {step!r})")
+    return factory(**kwargs)
+
+
+def get_method(spec: str, *, models: Mapping[str, str] | None = None) -> Method:
     """The method object for a name, or a chain object for ``A+B``.
+
+    Args:
+        spec: A method spec (``name``, ``name:key=value`` or an ``A+B`` chain).
+        models: Weights per model family (``{"keymorph": "/path/model.pt"}``); families
+            not given use their shipped weights.
 
     Raises:
         UsageError: For an unknown name (the message lists the available ones).
     """
+    models = models or {}
     steps = split_chain(spec)
     if len(steps) == 1:
-        return _single(steps[0])
+        return _single(steps[0], models)
     from mmreg.methods.chain import ChainMethod
 
-    return ChainMethod([_single(s) for s in steps])
+    return ChainMethod([_single(s, models) for s in steps])
 
 
 def parse_methods(specs: str | Iterable[str]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -77,8 +78,12 @@ def register(
     seed: int = 0,
     device: str = "cpu",
     threads: int = 1,
+    models: Mapping[str, str] | None = None,
 ) -> RegistrationResult:
-    """Register the preprocessed pair with a method or an ``A+B`` chain."""
+    """Register the preprocessed pair with a method or an ``A+B`` chain.
+
+    ``models`` maps a learned method family to its weights file (default: shipped).
+    """
     return run_chain(
         method,
         prepared.fixed,
@@ -87,6 +92,7 @@ def register(
         seed=seed,
         device=device,
         threads=threads,
+        models=models,
     )
 
 

@@ -9,6 +9,7 @@ from pydra.compose import python
 
 from mmreg.imaging.image import load_image
 from mmreg.imaging.transform import Transform
+from mmreg.models import verified_model_paths
 from mmreg.pipeline import Failure, PreparedPair, register
 from mmreg.runtime import limit_threads, resolve_device
 from mmreg.tasks._manifest import failed_manifest, read_manifest, write_manifest
@@ -21,6 +22,7 @@ def RegisterPair(
     seed: int = 0,
     device: str = "auto",
     threads: int = 1,
+    models: dict | None = None,
     code: str = "",
 ) -> Json:
     """Run ``method`` (``name`` or ``A+B``) on a prepared pair.
@@ -31,6 +33,8 @@ def RegisterPair(
         seed: Random seed for the method.
         device: ``auto``, ``cpu`` or ``cuda`` (learned methods only).
         threads: Threads this task may use (ITK, torch).
+        models: Weights per learned method family, ``{family: {"path", "sha256"}}``;
+            the digest is in the cache key, and a file that changed since is refused.
         code: Code fingerprint; only here so a code change invalidates the cache.
 
     Returns:
@@ -47,7 +51,14 @@ def RegisterPair(
             moving=load_image(upstream["moving"]),
             initial=Transform.read(upstream["initial"]),
         )
-        result = register(pair, method, seed=seed, device=resolve_device(device), threads=threads)
+        result = register(
+            pair,
+            method,
+            seed=seed,
+            device=resolve_device(device),
+            threads=threads,
+            models=verified_model_paths(models or {}),
+        )
         suffix = ".txt" if result.transform.is_linear else ".h5"
         xfm = result.transform.write(Path.cwd() / f"xfm{suffix}")
     except Exception as exc:

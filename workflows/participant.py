@@ -40,6 +40,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "threads": 1,
     "label_table": "",
     "code": "",
+    "models": {},
 }
 
 
@@ -65,6 +66,7 @@ def PairWorkflow(pair: dict, methods: list[str], options: dict) -> list[dict]:
             seed=o["seed"],
             device=o["device"],
             threads=o["threads"],
+            models=o["models"],
             code=o["code"],
         ).split(method=methods),
         name="register",
@@ -113,6 +115,7 @@ def init_participant_wf(
     device: str = "auto",
     threads: int = 1,
     label_table: str | None = None,
+    models: dict[str, dict[str, str]] | None = None,
     code: str = "",
 ) -> ParticipantWorkflow:
     """Build the participant-level workflow.
@@ -128,6 +131,8 @@ def init_participant_wf(
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: Threads per task (ITK/torch), so ``nprocs * threads <= cores``.
         label_table: ``dseg.tsv`` naming the ground-truth labels.
+        models: Weights per learned method family, ``{"keymorph": {"path": ...,
+            "sha256": ...}}``; the sha256 is part of the cache key.
         code: Code fingerprint (version + source digest) for cache invalidation.
 
     Returns:
@@ -149,6 +154,7 @@ def init_participant_wf(
         "device": device,
         "threads": int(threads),
         "label_table": label_table or "",
+        "models": {k: dict(v) for k, v in (models or {}).items()},
         "code": code,
     }
     return ParticipantWorkflow(subjects=subjects, methods=list(methods), options=options)

@@ -35,6 +35,7 @@ def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Registrations made by a test vanish afterwards."""
     monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
     monkeypatch.setattr(registry, "_LAZY", dict(registry._LAZY))
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
 
 
 def test_baselines_are_registered() -> None:
@@ -154,3 +155,40 @@ def test_overlap_fraction(pair2d) -> None:
     assert 0.2 < overlap_fraction(fixed, moving, Transform.from_affine(half, ndim=2)) < 0.8
     half[0, 3] = 1e4
     assert overlap_fraction(fixed, moving, Transform.from_affine(half, ndim=2)) == 0.0
+
+
+class _Learned(BaseMethod):
+    name = "learned-test"
+
+    def __init__(self, *, model: str | None = None, params: dict[str, str] | None = None):
+        self.model = model
+        self.params = params or {}
+
+    def _run(self, fixed, moving, *, initial, seed, device, threads):
+        return Transform.identity(fixed.ndim), {}
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_parameters_and_model_reach_the_factory() -> None:
+    registry.register_factory("learned-test", _Learned, model_family="learnedfam")
+    method = get_method("learned-test:lambda=0.1:k=3", models={"learnedfam": "/w/m.pt"})
+    assert method.params == {"lambda": "0.1", "k": "3"}
+    assert method.model == "/w/m.pt"
+    assert get_method("learned-test").model is None  # shipped weights
+    assert parse_methods("learned-test : lambda=0.1 + identity") == [
+        "learned-test:lambda=0.1+identity"
+    ]
+    assert registry.model_families(["identity", "ants-affine+learned-test:k=1"]) == ["learnedfam"]
+
+
+@pytest.mark.usefixtures("clean_registry")
+@pytest.mark.parametrize("spec", ["learned-test:lambda", "learned-test:=1", "learned-test:a=b c"])
+def test_malformed_parameters_are_usage_errors(spec: str) -> None:
+    registry.register_factory("learned-test", _Learned, model_family="learnedfam")
+    with pytest.raises(UsageError, match="parameter"):
+        parse_methods(spec)
+
+
+def test_methods_without_parameters_refuse_them() -> None:
+    with pytest.raises(UsageError, match="takes no parameters"):
+        get_method("ants-affine:lambda=1")

@@ -1,0 +1,247 @@
+"""Model checkpoints: one file format, verified before it is loaded.
+
+A checkpoint is a ``torch.save`` of ``{"config", "state_dict", "metadata"}``:
+
+- ``config``: what the model class needs to rebuild itself (plain JSON types);
+- ``state_dict``: the weights;
+- ``metadata``: ``method``, ``mmreg_version``, the training data summary, and
+  ``weights_sha256`` (a digest of the tensors themselves, names and dtypes included).
+
+Two checks guard every load:
+
+1. **Before** ``torch.load`` the file's sha256 is compared with the expected one:
+   the package manifest ``data/models/SHA256SUMS`` for shipped weights, or the
+   ``<file>.sha256`` sidecar that ``mmreg train`` writes next to a user's checkpoint
+   (or a digest given by the caller). A mismatch is refused without unpickling.
+2. **After** loading (with ``weights_only=True``, so no code runs), the tensors must
+   hash to ``metadata["weights_sha256"]``: a truncated or edited file is refused.
+
+The file sha256 is also what the work-dir cache hashes, so new weights never reuse
+results computed with old ones.
+
+Example:
+    >>> import tempfile, torch
+    >>> path = Path(tempfile.mkdtemp()) / "m.pt"
+    >>> digest = save_checkpoint(path, method="demo", config={"n": 1},
+    ...                          state_dict={"w": torch.ones(2)}, metadata={})
+    >>> load_checkpoint(path, method="demo").config
+    {'n': 1}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mmreg
+from mmreg.atomic import atomic_path, atomic_write_text
+from mmreg.errors import InputError
+from mmreg.provenance import sha256_file
+
+__all__ = [
+    "MODEL_DIR",
+    "Checkpoint",
+    "default_model_path",
+    "expected_file_sha256",
+    "load_checkpoint",
+    "model_record",
+    "resolve_model",
+    "save_checkpoint",
+    "shipped_sha256",
+    "verified_model_paths",
+    "weights_sha256",
+]
+
+#: Where the shipped demo weights live (package data).
+MODEL_DIR = Path(__file__).resolve().parent / "data" / "models"
+#: ``sha256sum``-format manifest of the shipped weights.
+MANIFEST = MODEL_DIR / "SHA256SUMS"
+SIDECAR_SUFFIX = ".sha256"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded, verified checkpoint."""
+
+    path: Path
+    config: dict[str, Any]
+    state_dict: dict[str, Any]
+    metadata: dict[str, Any]
+    sha256: str
+
+
+def weights_sha256(state_dict: Mapping[str, Any]) -> str:
+    """Digest of a state dict: names, dtypes, shapes and bytes, in name order.
+
+    Independent of how the file was pickled, so it identifies the weights themselves.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    method: str,
+    config: Mapping[str, Any],
+    state_dict: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+) -> str:
+    """Write a checkpoint atomically, with a ``.sha256`` sidecar; return the file's sha256.
+
+    ``metadata`` gains ``method``, ``mmreg_version`` and ``weights_sha256``. The file is
+    byte-reproducible for equal inputs (torch writes no timestamps).
+    """
+    import torch
+
+    path = Path(path)
+    weights = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
+    meta = {
+        **dict(metadata),
+        "method": method,
+        "mmreg_version": mmreg.__version__,
+        "weights_sha256": weights_sha256(weights),
+    }
+    buffer = io.BytesIO()
+    torch.save({"config": dict(config), "state_dict": weights, "metadata": meta}, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    digest = sha256_file(path)
+    atomic_write_text(path.with_name(path.name + SIDECAR_SUFFIX), f"{digest}  {path.name}\n")
+    return digest
+
+
+def _read_sums(path: Path) -> dict[str, str]:
+    sums: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                sums[parts[1].lstrip("*")] = parts[0].lower()
+    return sums
+
+
+def shipped_sha256(path: str | Path) -> str | None:
+    """The manifest's sha256 for a shipped weights file, or ``None`` if not shipped."""
+    path = Path(path).resolve()
+    if path.parent != MODEL_DIR:
+        return None
+    return _read_sums(MANIFEST).get(path.name)
+
+
+def expected_file_sha256(path: str | Path) -> str | None:
+    """The sha256 a model file must have: from the package manifest or its sidecar."""
+    path = Path(path)
+    shipped = shipped_sha256(path)
+    if shipped is not None:
+        return shipped
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    return _read_sums(sidecar).get(path.name)
+
+
+def default_model_path(method: str) -> Path:
+    """The shipped weights of a learned method family (e.g. ``keymorph``)."""
+    return MODEL_DIR / f"{method}.pt"
+
+
+def resolve_model(method: str, override: str | Path | None = None) -> Path:
+    """The weights file to use: the user's ``--model`` override or the shipped file.
+
+    Raises:
+        InputError: When the file does not exist (one line, naming the option).
+    """
+    path = Path(override).expanduser() if override else default_model_path(method)
+    if not path.is_file():
+        if override:
+            raise InputError(f"model file for {method} not found: {path} (from --model)")
+        raise InputError(
+            f"no shipped weights for {method} at {path}; train them with "
+            f"'mmreg train {method} ...' and pass --model {method}=PATH"
+        )
+    return path.resolve()
+
+
+def model_record(method: str, override: str | Path | None = None) -> dict[str, str]:
+    """``{"path", "sha256"}`` of the weights a run will use (see :func:`resolve_model`)."""
+    path = resolve_model(method, override)
+    return {"path": str(path), "sha256": sha256_file(path)}
+
+
+def verified_model_paths(records: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """Family -> path, after checking each file still has the recorded sha256.
+
+    A run records the digests when it starts; a file replaced while jobs wait in a queue
+    must not silently mix two models in one study.
+
+    Raises:
+        InputError: When a file is missing or changed.
+    """
+    out: dict[str, str] = {}
+    for family, record in records.items():
+        path = Path(record["path"])
+        if not path.is_file():
+            raise InputError(f"model file for {family} not found: {path}")
+        if sha256_file(path) != record["sha256"]:
+            raise InputError(f"model file {path} changed since the run started")
+        out[family] = str(path)
+    return out
+
+
+def load_checkpoint(
+    path: str | Path, *, method: str, expected_sha256: str | None = None
+) -> Checkpoint:
+    """Verify and load a checkpoint on the CPU.
+
+    Args:
+        path: The ``.pt`` file.
+        method: The method family the checkpoint must belong to.
+        expected_sha256: The file's expected sha256; by default from the package
+            manifest or the ``.sha256`` sidecar (no expectation if neither exists; the
+            weights digest inside the file is still checked).
+
+    Raises:
+        InputError: One line, for a missing, unreadable, tampered or foreign file.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    digest = sha256_file(path)
+    expected = expected_sha256 or expected_file_sha256(path)
+    if expected is not None and digest != expected.lower():
+        raise InputError(
+            f"model file {path.name} has sha256 {digest[:12]}... but {expected[:12]}... was "
+            "expected; the file is corrupt or was replaced"
+        )
+    try:
+        payload = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise InputError(f"cannot read model file {path.name}: {reason}") from exc
+    if not isinstance(payload, dict) or not {"config", "state_dict", "metadata"} <= set(payload):
+        raise InputError(f"{path.name} is not an mmreg checkpoint (config/state_dict/metadata)")
+    metadata = dict(payload["metadata"])
+    if metadata.get("method") != method:
+        raise InputError(
+            f"{path.name} holds a {metadata.get('method')!r} model, not a {method!r} model"
+        )
+    if weights_sha256(payload["state_dict"]) != metadata.get("weights_sha256"):
+        raise InputError(f"the weights in {path.name} do not match their recorded digest")
+    return Checkpoint(
+        path=path.resolve(),
+        config=dict(payload["config"]),
+        state_dict=dict(payload["state_dict"]),
+        metadata=metadata,
+        sha256=digest,
+    )
