@@ -30,14 +30,15 @@ from typing import NoReturn
 import mmreg
 from mmreg.bids_app.config import (
     DEVICES,
+    GRANULARITIES,
     PREALIGN_MODES,
     SLURM_OPTIONS,
     WORKER_ARG_KEYS,
     WORKERS,
     Config,
-    usable_cpus,
 )
 from mmreg.errors import MmregError, UsageError
+from mmreg.runtime import usable_cpus
 
 EXIT_OK = 0
 EXIT_USAGE = 64
@@ -204,6 +205,26 @@ def parse_models(items: Sequence[str] | None, methods: Sequence[str]) -> dict[st
     return parsed
 
 
+def task_slots(nprocs: int | None, omp_nthreads: int) -> int:
+    """Parallel tasks: ``--nprocs``, or as many as fit the CPUs at ``--omp-nthreads`` each.
+
+    Tasks x threads above the usable CPUs only slows everything down (and on a shared
+    node steals other jobs' cores), so an explicit oversubscription gets a warning.
+    """
+    cpus = usable_cpus()
+    if nprocs is None:
+        return max(1, cpus // max(1, omp_nthreads))
+    if nprocs * omp_nthreads > cpus:
+        LOG.warning(
+            "--nprocs %d x --omp-nthreads %d = %d threads on %d usable CPU(s): oversubscribed",
+            nprocs,
+            omp_nthreads,
+            nprocs * omp_nthreads,
+            cpus,
+        )
+    return nprocs
+
+
 def default_methods() -> tuple[str, ...]:
     """What runs when ``--methods`` is not given."""
     return DEFAULT_METHODS
@@ -251,11 +272,18 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         "e.g. partition=gpu time=02:00:00 mem=8G gres=gpu:1 sbatch='--nice=10'",
     )
     group.add_argument(
+        "--job-granularity",
+        choices=GRANULARITIES,
+        default="auto",
+        help="what one worker job runs: a single task, or a subject's whole pipeline; "
+        "auto: subject for slurm, task otherwise (default: %(default)s)",
+    )
+    group.add_argument(
         "--nprocs",
         type=_positive_int,
         default=None,
         metavar="N",
-        help="parallel tasks for the cf worker (default: usable CPUs)",
+        help="parallel tasks for the cf worker (default: usable CPUs / --omp-nthreads)",
     )
     group.add_argument(
         "--omp-nthreads",
@@ -326,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",
         default=[],
         metavar="L",
-        help="subject labels, with or without 'sub-' (default: all)",
+        help="subject labels, with or without 'sub-', or a file listing them (one per line; "
+        "'@FILE' for a file named like a label; participants.tsv works) (default: all)",
     )
     sel.add_argument(
         "--fixed",
@@ -561,7 +590,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         work_dir=str(work_dir),
         worker=args.worker,
         worker_args=worker_args,
-        nprocs=args.nprocs or usable_cpus(),
+        nprocs=task_slots(args.nprocs, args.omp_nthreads),
+        job_granularity=args.job_granularity,
         omp_nthreads=args.omp_nthreads,
         random_seed=args.random_seed,
         device=args.device,
@@ -621,7 +651,8 @@ def _main_demo(argv: Sequence[str]) -> int:
         max_rotation=args.max_rotation,
         worker=args.worker,
         worker_args=worker_args,
-        nprocs=args.nprocs or usable_cpus(),
+        nprocs=task_slots(args.nprocs, args.omp_nthreads),
+        job_granularity=args.job_granularity,
         omp_nthreads=args.omp_nthreads,
         device=args.device,
         verbose=args.verbose,

@@ -22,6 +22,7 @@ from mmreg.atomic import atomic_write_text
 
 ANALYSIS_LEVELS = ("participant", "group")
 WORKERS = ("debug", "cf", "slurm")
+GRANULARITIES = ("auto", "task", "subject")
 DEVICES = ("auto", "cpu", "cuda")
 PREALIGN_MODES = ("none", "com", "moments")
 #: ``--worker-args`` keys that become sbatch options for the slurm worker. Two more keys:
@@ -49,13 +50,6 @@ def new_run_id() -> str:
     The tail keeps two runs started in the same second (SLURM arrays) apart.
     """
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (cgroup/affinity aware where the OS says)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def slurm_worker_kwargs(worker_args: dict[str, str]) -> dict[str, Any]:
@@ -98,6 +92,9 @@ class Config:
         work_dir: Pydra cache root and BIDS index (absolute).
         worker: Pydra worker: ``debug``, ``cf`` or ``slurm``.
         nprocs: Parallel tasks for the ``cf`` worker.
+        job_granularity: What one worker job is: ``task`` (every Pydra task), ``subject``
+            (a subject's whole pipeline in one job), or ``auto`` (``subject`` on SLURM,
+            where each job pays a queue wait and a fresh Python; ``task`` otherwise).
         worker_args: ``--worker-args`` as ``{key: value}`` (keys in :data:`WORKER_ARG_KEYS`);
             for the ``slurm`` worker, see :func:`slurm_worker_kwargs`.
         omp_nthreads: Threads inside each task (ITK, torch). 1 keeps results
@@ -126,6 +123,7 @@ class Config:
     work_dir: str = ""
     worker: str = "cf"
     nprocs: int = 1
+    job_granularity: str = "auto"
     worker_args: dict[str, str] = field(default_factory=dict)
     omp_nthreads: int = 1
     random_seed: int = 0
@@ -165,6 +163,8 @@ class Config:
             raise ValueError(f"analysis_level must be one of {ANALYSIS_LEVELS}")
         if self.worker not in WORKERS:
             raise ValueError(f"worker must be one of {WORKERS}")
+        if self.job_granularity not in GRANULARITIES:
+            raise ValueError(f"job_granularity must be one of {GRANULARITIES}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}")
         if self.prealign not in PREALIGN_MODES:
@@ -173,6 +173,13 @@ class Config:
             raise ValueError("at least one moving filter is needed")
         if set(self.worker_args) - set(WORKER_ARG_KEYS):
             raise ValueError(f"worker_args keys must be among {WORKER_ARG_KEYS}")
+
+    @property
+    def granularity(self) -> str:
+        """The job granularity in effect (``auto`` resolved for the worker)."""
+        if self.job_granularity != "auto":
+            return self.job_granularity
+        return "subject" if self.worker == "slurm" else "task"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (tuples become lists)."""

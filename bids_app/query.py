@@ -235,15 +235,65 @@ def _with_default_suffix(
     return out
 
 
+def read_label_file(path: str | os.PathLike[str]) -> list[str]:
+    """Labels listed in a text file: one per line (or separated by commas/whitespace).
+
+    ``#`` starts a comment; a ``participants.tsv`` works too (its first column is read,
+    the ``participant_id`` header skipped).
+
+    Raises:
+        UsageError: When the file cannot be read or lists no label.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"--participant-label: cannot read {path}: {exc.strerror or exc}"
+        ) from exc
+    labels: list[str] = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if "\t" in line:  # a TSV: the first column only
+            line = line.split("\t", 1)[0].strip()
+        if line == "participant_id":
+            continue
+        labels.extend(t for t in line.replace(",", " ").split() if t)
+    if not labels:
+        raise UsageError(f"--participant-label: {path} lists no participant")
+    return labels
+
+
+def _is_label_file(value: str) -> bool:
+    # Labels are alphanumeric, so anything else that names a file is a list of labels;
+    # '@file' forces the file reading for a file named like a label.
+    if value.startswith("@"):
+        return True
+    bare = value.removeprefix("sub-")
+    return not bare.isalnum() and Path(value).is_file()
+
+
 def normalize_participant_labels(labels: Iterable[str]) -> tuple[str, ...]:
-    """Strip an optional ``sub-`` prefix, validate, drop duplicates (order kept)."""
+    """Strip an optional ``sub-`` prefix, validate, drop duplicates (order kept).
+
+    A value that is a file (or ``@FILE``) is replaced by the labels it lists
+    (:func:`read_label_file`), so ten thousand subjects need no ten thousand arguments.
+
+    Raises:
+        UsageError: For a label that is not alphanumeric (``../x`` never reaches a path).
+    """
     out: list[str] = []
     for raw in labels:
-        for label in filter(None, (t.strip() for t in str(raw).split(","))):
-            label = label.removeprefix("sub-")
-            label = naming.sanitize_label(label, what="participant label")
-            if label not in out:
-                out.append(label)
+        raw = str(raw).strip()
+        items = read_label_file(raw.removeprefix("@")) if _is_label_file(raw) else [raw]
+        for item in items:
+            for label in filter(None, (t.strip() for t in item.split(","))):
+                label = label.removeprefix("sub-")
+                label = naming.sanitize_label(label, what="participant label")
+                if label not in out:
+                    out.append(label)
     return tuple(out)
 
 

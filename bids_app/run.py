@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mmreg.atomic import remove_stale_temporaries
 from mmreg.bids_app import derivatives
 from mmreg.bids_app.config import Config, slurm_worker_kwargs
 from mmreg.bids_app.logs import LOGGER, setup_logging
@@ -90,6 +91,14 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
         record["bids_dir"] = str(config.bids_dir)
         by_subject[pair.subject].append(record)
     rows_by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    # A run killed mid-write leaves hidden temporaries; only this run's subjects are
+    # cleaned, since other runs (a SLURM array) may be writing other subjects right now.
+    for subject in {*by_subject, *(m.subject for m in missing)}:
+        stale = remove_stale_temporaries(output_dir / f"sub-{subject}")
+        if stale:
+            LOGGER.info(
+                "sub-%s: removed %d temporary file(s) of an interrupted run", subject, stale
+            )
 
     if by_subject:
         nprocs = max(1, config.nprocs)
@@ -107,6 +116,8 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
             label_table=_label_table(config),
             models=model_records(config),
             code=code_fingerprint(),
+            granularity=config.granularity,
+            cache_root=config.work_dir,
         )
         cache_root = Path(config.work_dir)
         cache_root.mkdir(parents=True, exist_ok=True)
@@ -313,6 +324,7 @@ def run_demo(
     worker: str = "cf",
     worker_args: dict[str, str] | None = None,
     nprocs: int = 1,
+    job_granularity: str = "auto",
     omp_nthreads: int = 1,
     device: str = "auto",
     verbose: int = 0,
@@ -353,6 +365,7 @@ def run_demo(
         worker=worker,
         worker_args=worker_args or {},
         nprocs=nprocs,
+        job_granularity=job_granularity,
         omp_nthreads=omp_nthreads,
         random_seed=seed,
         device=device,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -56,3 +57,28 @@ def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pat
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
     return Path(dst)
+
+
+#: The temporary names :func:`atomic_path` makes: ``.<name>.<8 random>.tmp<suffix>``.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)*$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], *, skip: Sequence[Path] = ()) -> int:
+    """Delete temporary files a killed run left in ``folder`` (recursively); return how many.
+
+    Only names :func:`atomic_path` makes are touched, and folders in ``skip`` (a work dir
+    inside the output folder) are left alone. Call it only when no other run writes here.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    skipped = [Path(s).resolve() for s in skip]
+    removed = 0
+    for path in root.rglob(".*.tmp*"):
+        resolved = path.resolve()
+        if any(resolved.is_relative_to(s) for s in skipped):
+            continue
+        if path.is_file() and _TEMPORARY.match(path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

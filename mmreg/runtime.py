@@ -35,6 +35,13 @@ def limit_threads(threads: int) -> None:
         pass
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (cgroup/affinity aware where the OS says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
     if device not in ("auto", "cpu", "cuda"):

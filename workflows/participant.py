@@ -10,14 +10,24 @@ subject's work stays together)::
 
 Every task turns its failures into ``status: failed`` rows instead of raising,
 so a broken subject never stops the others.
+
+Job granularity: Pydra's slurm worker submits every *task* as its own sbatch job, which
+would make 1 + 2M tiny jobs per pair (each a fresh Python paying imports and queue
+latency). With ``granularity="subject"`` (the default for SLURM) each subject instead
+becomes one :func:`SubjectJob` task, i.e. one sbatch job, that runs the same
+``SubjectWorkflow`` inside the job with a local worker and the same cache root. The inner
+tasks are the same nodes with the same hashes, so a cf run and a slurm run share (and
+resume from) one work dir, and give identical outputs.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydra.compose import python, workflow
 
+from mmreg.runtime import usable_cpus
 from mmreg.tasks.evaluate import EvaluatePair
 from mmreg.tasks.preprocess import PreparePair
 from mmreg.tasks.register import RegisterPair
@@ -41,7 +51,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "label_table": "",
     "code": "",
     "models": {},
+    "granularity": "task",
+    "cache_root": "",
 }
+GRANULARITIES = ("task", "subject")
 
 
 @workflow.define(outputs=["rows"])
@@ -91,15 +104,42 @@ def SubjectWorkflow(pairs: list[dict], methods: list[str], options: dict) -> lis
     return flatten.rows
 
 
+@python.define(outputs=["rows"])
+def SubjectJob(
+    pairs: list[dict], methods: list[str], options: dict, cache_root: str
+) -> list[dict]:
+    """One subject's whole ``SubjectWorkflow``, run inside this task (one sbatch job).
+
+    The inner run uses the CPUs this job was given (``--worker-args cpus=N``): the cf
+    worker with that many processes, or the serial debug worker for one CPU.
+    """
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or usable_cpus()
+    threads = max(1, int(options.get("threads", 1)))
+    n_procs = max(1, cpus // threads)
+    # Without the outer-only keys, the inner nodes hash exactly as in a granularity="task" run.
+    inner_options = {k: v for k, v in options.items() if k not in ("granularity", "cache_root")}
+    inner = SubjectWorkflow(pairs=pairs, methods=methods, options=inner_options)
+    if n_procs > 1:
+        outputs = inner(worker="cf", n_procs=n_procs, cache_root=cache_root)
+    else:
+        outputs = inner(worker="debug", cache_root=cache_root)
+    return list(outputs.rows)
+
+
 @workflow.define(outputs=["rows"])
 def ParticipantWorkflow(
     subjects: list[list[dict]], methods: list[str], options: dict
 ) -> list[list[dict]]:
     """Split over subjects; each element of ``subjects`` is one subject's pairs."""
-    subject = workflow.add(
-        SubjectWorkflow(methods=methods, options=options).split(pairs=subjects),
-        name="subject",
-    )
+    o = {**DEFAULT_OPTIONS, **options}
+    if o["granularity"] == "subject":
+        job = SubjectJob(methods=methods, options=options, cache_root=o["cache_root"])
+        subject = workflow.add(job.split(pairs=subjects), name="subject_job")
+    else:
+        subject = workflow.add(
+            SubjectWorkflow(methods=methods, options=options).split(pairs=subjects),
+            name="subject",
+        )
     return subject.rows
 
 
@@ -117,6 +157,8 @@ def init_participant_wf(
     label_table: str | None = None,
     models: dict[str, dict[str, str]] | None = None,
     code: str = "",
+    granularity: str = "task",
+    cache_root: str | os.PathLike[str] | None = None,
 ) -> ParticipantWorkflow:
     """Build the participant-level workflow.
 
@@ -134,6 +176,10 @@ def init_participant_wf(
         models: Weights per learned method family, ``{"keymorph": {"path": ...,
             "sha256": ...}}``; the sha256 is part of the cache key.
         code: Code fingerprint (version + source digest) for cache invalidation.
+        granularity: ``task`` (every task is a node of this workflow) or ``subject`` (one
+            :func:`SubjectJob` task per subject, e.g. one sbatch job); ``subject`` needs
+            ``cache_root``, the work dir the run uses.
+        cache_root: The run's cache root (only read with ``granularity="subject"``).
 
     Returns:
         A ``ParticipantWorkflow`` task; run it with ``wf(worker=..., cache_root=...)``.
@@ -157,4 +203,11 @@ def init_participant_wf(
         "models": {k: dict(v) for k, v in (models or {}).items()},
         "code": code,
     }
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}")
+    if granularity == "subject":
+        if not cache_root:
+            raise ValueError("granularity='subject' needs the run's cache_root")
+        # Only the outer node sees these; the inner nodes' hashes stay as in a task run.
+        options = {**options, "granularity": granularity, "cache_root": str(cache_root)}
     return ParticipantWorkflow(subjects=subjects, methods=list(methods), options=options)

@@ -251,3 +251,13 @@ def test_module_entry_point() -> None:
         check=False,
     )
     assert proc.returncode == 64 and "Traceback" not in proc.stderr
+
+
+def test_task_slots_fit_the_cpus(monkeypatch, caplog):
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 8)
+    assert cli.task_slots(None, 1) == 8
+    assert cli.task_slots(None, 3) == 2
+    assert cli.task_slots(None, 16) == 1
+    assert cli.task_slots(2, 4) == 2 and "oversubscribed" not in caplog.text
+    assert cli.task_slots(4, 4) == 4
+    assert "4 x --omp-nthreads 4 = 16 threads on 8 usable CPU(s)" in caplog.text

@@ -314,3 +314,39 @@ def test_index_reused_and_refreshed(tmp_path: Path) -> None:
         Config(bids_dir=root, output_dir=tmp_path / "out", work_dir=tmp_path / "work")
     )
     assert len(pairs) == 2
+
+
+def test_participant_labels_from_a_file(tmp_path: Path) -> None:
+    from mmreg.bids_app.query import normalize_participant_labels
+
+    listing = tmp_path / "subjects.txt"
+    listing.write_text("# cohort A\nsub-01\n02, 03  # trailing comment\n\n04\n")
+    assert normalize_participant_labels([str(listing), "05", "01"]) == (
+        "01",
+        "02",
+        "03",
+        "04",
+        "05",
+    )
+    tsv = tmp_path / "participants.tsv"
+    tsv.write_text("participant_id\tage\nsub-07\t30\nsub-08\t41\n")
+    assert normalize_participant_labels([str(tsv)]) == ("07", "08")
+    # A file named like a label needs '@'; without it the value is the label itself.
+    named = tmp_path / "cohort"
+    named.write_text("09\n")
+    assert normalize_participant_labels([f"@{named}"]) == ("09",)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("", "lists no participant"), ("01\n../etc\n", "invalid participant label '../etc'")],
+)
+def test_bad_label_files(tmp_path: Path, content: str, message: str) -> None:
+    from mmreg.bids_app.query import normalize_participant_labels
+
+    listing = tmp_path / "subjects.txt"
+    listing.write_text(content)
+    with pytest.raises(UsageError, match=message):
+        normalize_participant_labels([str(listing)])
+    with pytest.raises(UsageError, match="cannot read"):
+        normalize_participant_labels([f"@{tmp_path / 'missing.txt'}"])

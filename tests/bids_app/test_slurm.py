@@ -134,9 +134,9 @@ def test_participant_run_on_slurm(tmp_path: Path) -> None:
     ).stdout.strip()
     assert cli.main(argv("slurm", "--worker", "slurm", "--worker-args", "poll=1")) == 0
     jobs = _sacct_jobs(since)
-    # One sbatch job per task; pydra names them <node name>.<task uid>.
-    ours = [j for j in jobs if j[1].split(".")[0] in ("prepare", "register", "evaluate")]
-    assert ours, f"sacct lists no job of this run: {jobs}"
+    # One sbatch job per subject (its whole pipeline); pydra names them <node>.<task uid>.
+    ours = [j for j in jobs if j[1].split(".")[0] == "subject_job"]
+    assert len(ours) == 2, f"expected one job per subject in sacct: {jobs}"
     assert all(j[2] == "COMPLETED" and j[3] == "0:0" for j in ours), ours
     assert list((tmp_path / "work-slurm").glob("slurm_scripts/*/slurm-*.out"))
 
@@ -146,6 +146,18 @@ def test_participant_run_on_slurm(tmp_path: Path) -> None:
         slurm, cf = _rows(tmp_path / "out-slurm" / table), _rows(tmp_path / "out-cf" / table)
         assert len(slurm) == 2 and set(slurm["status"]) == {"ok"}
         pd.testing.assert_frame_equal(slurm, cf)
+    # Images and transforms are byte-identical across workers.
+    images = sorted(
+        p.relative_to(tmp_path / "out-cf") for p in (tmp_path / "out-cf").rglob("*_xfm.*")
+    )
+    images += sorted(
+        p.relative_to(tmp_path / "out-cf") for p in (tmp_path / "out-cf").rglob("*.nii.gz")
+    )
+    assert images
+    for rel in images:
+        assert (tmp_path / "out-slurm" / rel).read_bytes() == (
+            tmp_path / "out-cf" / rel
+        ).read_bytes()
 
 
 def test_engine_failure_reason_finds_the_first_real_error(tmp_path: Path) -> None:
