@@ -42,7 +42,7 @@ CONTRACT_COLUMNS = (
 #: Things BIDS cannot express inside a derivatives dataset: run logs, the work dir,
 #: group tables, ITK transforms (BEP014 is not in the schema yet) and our CSVs.
 #: (The validator matches folder names without a trailing slash.)
-BIDSIGNORE = ("logs", "work", "group", "*_xfm.*", "*_evaluation.csv", "*_desc-keypoints*.tsv")
+BIDSIGNORE = ("logs", "work", "group", "*_xfm.*", "*_evaluation.csv", "*_keypoints.tsv")
 
 README = """# mmreg derivatives
 
@@ -52,6 +52,9 @@ Cross-modality registration results written by mmreg {version}.
   resampled onto the fixed image's grid by each method.
 - `sub-<label>/anat/*_from-<moving>_to-<fixed>_desc-<method>_mode-image_xfm.{{txt,h5}}`:
   ITK transforms (fixed-space points to moving-space points).
+- `sub-<label>/anat/*_from-<moving>_to-<fixed>_space-<image>_desc-<method>_keypoints.tsv`:
+  for keypoint methods (KeyMorph), the keypoints found on each image, in that image's
+  world coordinates (RAS mm, columns `name, x, y, z`; row k of both files correspond).
 - `sub-<label>/sub-<label>_evaluation.csv`: accuracy and runtime per pair and method.
 - `group/`: all rows, a per-method summary and `report.html`.
 - `logs/<run-id>/`: the configuration and log of every run.
@@ -139,11 +142,46 @@ def write_pair_outputs(
     }
     atomic_write_text(_sidecar(warped), json.dumps(warped_meta, indent=2) + "\n")
     atomic_write_text(_sidecar(xfm), json.dumps(xfm_meta, indent=2) + "\n")
+    keypoints = find_keypoints(row.get("extras") or {})
+    if keypoints is not None:
+        for space, points, uri in (
+            (fixed, keypoints[0], fixed_uri),
+            (moving, keypoints[1], moving_uri),
+        ):
+            name = naming.keypoints_name(
+                pair["subject"], pair.get("session"), fixed, moving, row["method"], space
+            )
+            write_keypoints_tsv(folder / name, points)
+            meta = {
+                "Description": f"Keypoints detected on the {space} image by {row['method']}, "
+                "in its world coordinates (RAS, mm); row k here matches row k of the other "
+                "image's file",
+                "SpatialReference": uri,
+                **common,
+            }
+            atomic_write_text(_sidecar(folder / name), json.dumps(meta, indent=2) + "\n")
     return {
         **row,
         "warped": warped.relative_to(output_dir).as_posix(),
         "transform": xfm.relative_to(output_dir).as_posix(),
     }
+
+
+def find_keypoints(extras: dict[str, Any]) -> tuple[list, list] | None:
+    """``(fixed, moving)`` keypoints of a result, or of the first chain step that has them."""
+    for candidate in [extras, *(step.get("extras", {}) for step in extras.get("steps", []))]:
+        if candidate.get("keypoints_fixed") and candidate.get("keypoints_moving"):
+            return candidate["keypoints_fixed"], candidate["keypoints_moving"]
+    return None
+
+
+def write_keypoints_tsv(path: Path, points: Sequence[Sequence[float]]) -> Path:
+    """Write keypoints as ``name, x, y, z`` (the landmarks format), names ``kp000``..."""
+    lines = ["name\tx\ty\tz"]
+    for k, point in enumerate(points):
+        x, y, z = [*point, 0.0, 0.0, 0.0][:3]
+        lines.append(f"kp{k:03d}\t{x:.4f}\t{y:.4f}\t{z:.4f}")
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _sidecar(path: Path) -> Path:

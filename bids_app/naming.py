@@ -175,6 +175,23 @@ def xfm_name(
     )
 
 
+def keypoints_name(
+    subject: str, session: str | None, fixed: str, moving: str, method: str, space: str
+) -> str:
+    """``sub-<l>[_ses-<s>]_from-<moving>_to-<fixed>_space-<space>_desc-<method>_keypoints.tsv``.
+
+    The keypoints a learned method found on one image of a pair (``space`` is the fixed
+    or the moving label); ``from``/``to`` keep two pairs sharing a fixed image apart.
+    """
+    if space not in (fixed, moving):
+        raise ValueError(f"space {space!r} is neither {fixed!r} nor {moving!r}")
+    return (
+        f"{_prefix(subject, session)}_from-{sanitize_label(moving, what='moving label')}"
+        f"_to-{sanitize_label(fixed, what='fixed label')}_space-{space}"
+        f"_desc-{camel_method(method)}_keypoints.tsv"
+    )
+
+
 def pair_id(subject: str, session: str | None, fixed: str, moving: str) -> str:
     """A readable unique key of one pair: ``sub-<l>[_ses-<s>]_from-<moving>_to-<fixed>``."""
     return (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import pickle
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmreg.atomic import remove_stale_temporaries
+from mmreg.atomic import atomic_write_text, remove_stale_temporaries
 from mmreg.bids_app import derivatives
 from mmreg.bids_app.config import Config, slurm_worker_kwargs
 from mmreg.bids_app.logs import LOGGER, setup_logging
@@ -104,6 +105,9 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
         nprocs = max(1, config.nprocs)
         # ANTs reads its thread count once per process: fix it before anything runs.
         limit_threads(config.omp_nthreads)
+        models = model_records(config)
+        if models:
+            atomic_write_text(_log_dir(config) / "models.json", json.dumps(models, indent=2))
         wf = init_participant_wf(
             subjects=list(by_subject.values()),
             methods=list(config.methods),
@@ -114,7 +118,7 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
             device=config.device,
             threads=config.omp_nthreads,
             label_table=_label_table(config),
-            models=model_records(config),
+            models=models,
             code=code_fingerprint(),
             granularity=config.granularity,
             cache_root=config.work_dir,

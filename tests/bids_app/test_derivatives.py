@@ -1,0 +1,67 @@
+"""The derivatives writer: contract names, sidecars and keypoint tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from mmreg.bids_app import derivatives
+from mmreg.imaging.image import Image, save_image
+from mmreg.imaging.transform import Transform
+
+
+def _row(tmp_path, extras):
+    warped = save_image(Image(np.ones((4, 4, 4), np.float32), np.eye(4)), tmp_path / "w.nii.gz")
+    xfm = Transform.identity().write(tmp_path / "x.txt")
+    return {
+        "method": "keymorph-affine+ants-affine",
+        "status": "ok",
+        "_warped": str(warped),
+        "_transform": str(xfm),
+        "extras": extras,
+    }
+
+
+PAIR = {
+    "subject": "01",
+    "session": None,
+    "fixed": "/data/sub-01/anat/sub-01_T1w.nii.gz",
+    "moving": "/data/sub-01/anat/sub-01_T2w.nii.gz",
+    "fixed_label": "T1w",
+    "moving_label": "T2w",
+}
+
+
+def test_keypoints_of_a_chain_step_are_written_in_both_spaces(tmp_path):
+    fixed_pts = [[1.0, 2.0, 3.0], [-4.5, 0.25, 9.0]]
+    moving_pts = [[1.5, 2.5, 3.5], [-4.0, 0.75, 9.5]]
+    extras = {
+        "steps": [
+            {
+                "method": "keymorph-affine",
+                "extras": {"keypoints_fixed": fixed_pts, "keypoints_moving": moving_pts},
+            },
+            {"method": "ants-affine", "extras": {}},
+        ]
+    }
+    out = tmp_path / "out"
+    row = derivatives.write_pair_outputs(out, PAIR, _row(tmp_path, extras))
+    assert row["warped"].endswith("sub-01_space-T1w_desc-keymorphAffineAntsAffine_T2w.nii.gz")
+    anat = out / "sub-01" / "anat"
+    stem = "sub-01_from-T2w_to-T1w_space-{}_desc-keymorphAffineAntsAffine_keypoints"
+    fixed_tsv = pd.read_csv(anat / (stem.format("T1w") + ".tsv"), sep="\t")
+    moving_tsv = pd.read_csv(anat / (stem.format("T2w") + ".tsv"), sep="\t")
+    assert list(fixed_tsv.columns) == ["name", "x", "y", "z"]
+    np.testing.assert_allclose(fixed_tsv[["x", "y", "z"]].to_numpy(), fixed_pts)
+    np.testing.assert_allclose(moving_tsv[["x", "y", "z"]].to_numpy(), moving_pts)
+    assert list(moving_tsv["name"]) == ["kp000", "kp001"]
+    meta = json.loads((anat / (stem.format("T2w") + ".json")).read_text())
+    assert meta["SpatialReference"].endswith("sub-01_T2w.nii.gz")
+
+
+def test_no_keypoints_no_table(tmp_path):
+    out = tmp_path / "out"
+    derivatives.write_pair_outputs(out, PAIR, _row(tmp_path, {"metric": 0.5}))
+    assert not list(out.rglob("*_keypoints.tsv"))
