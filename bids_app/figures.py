@@ -397,3 +397,81 @@ def overlay_figure(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return to_png(fig, dpi=dpi, palette=True)
+
+
+def _canonical_points(
+    points: npt.ArrayLike, affine: npt.NDArray, shape: tuple[int, ...]
+) -> npt.NDArray[np.float64]:
+    """World points (RAS mm) -> (N, 3) voxel indices of :func:`_canonical`'s reoriented data."""
+    pts = np.atleast_2d(np.asarray(points, dtype=np.float64))[:, :3]
+    shape3 = tuple(shape) if len(shape) == 3 else (*shape, 1)
+    ijk = nib.affines.apply_affine(np.linalg.inv(affine), pts)
+    ornt = nib.orientations.io_orientation(affine)
+    out = np.empty_like(ijk)
+    for vox_axis, (world_axis, flip) in enumerate(ornt):
+        values = ijk[:, vox_axis]
+        if flip < 0:
+            values = shape3[vox_axis] - 1 - values
+        out[:, int(world_axis)] = values
+    return out
+
+
+def keypoints_figure(
+    fixed: Image,
+    moving: Image,
+    fixed_points: npt.ArrayLike,
+    moving_points: npt.ArrayLike,
+    *,
+    title: str | None = None,
+    dpi: int = DPI,
+) -> bytes:
+    """Keypoints over the fixed (top) and the moving image (bottom), each in its own space.
+
+    Every keypoint is drawn on every plane, projected onto it; its colour is its index, so
+    corresponding keypoints of the two images share a colour. Points within 6 mm of the
+    displayed slice are drawn large and opaque, the others small and faint.
+
+    Returns:
+        PNG bytes.
+    """
+    from matplotlib import colormaps
+
+    rows = []
+    for image, points in ((fixed, fixed_points), (moving, moving_points)):
+        data, spacing = _canonical(robust_normalise(image.data), image.affine)
+        idx = _canonical_points(points, image.affine, image.shape)
+        rows.append((data, spacing, idx))
+    n_points = len(rows[0][2])
+    colours = colormaps["hsv"](np.linspace(0, 1, max(n_points, 1), endpoint=False))
+    flat = [axis for axis in range(3) if rows[0][0].shape[axis] == 1]
+    planes = [p for p in _PLANES if not flat or p[1] == flat[0]]
+    fig = Figure(figsize=(2.3 * len(planes) + 0.2, 4.9))
+    for r, (data, spacing, idx) in enumerate(rows):
+        for c, (name, axis, (h, v)) in enumerate(planes):
+            ax = fig.add_subplot(2, len(planes), r * len(planes) + c + 1)
+            index = data.shape[axis] // 2
+            extent = (0.0, data.shape[h] * spacing[h], 0.0, data.shape[v] * spacing[v])
+            ax.imshow(
+                np.take(data, index, axis=axis).T,
+                cmap="gray",
+                origin="lower",
+                extent=extent,
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+            )
+            near = np.abs(idx[:, axis] - index) * spacing[axis] <= 6.0
+            x, y = (idx[:, h] + 0.5) * spacing[h], (idx[:, v] + 0.5) * spacing[v]
+            ax.scatter(x[~near], y[~near], s=4, c=colours[~near], alpha=0.35, linewidths=0)
+            ax.scatter(x[near], y[near], s=16, c=colours[near], edgecolors="white", linewidths=0.4)
+            ax.set_xlim(extent[0], extent[1])
+            ax.set_ylim(extent[2], extent[3])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 and len(planes) > 1:
+                ax.set_title(name, fontsize=8)
+        fig.axes[r * len(planes)].set_ylabel(("fixed", "moving")[r], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return to_png(fig, dpi=dpi)

@@ -404,6 +404,40 @@ def _overlay(fixed: Image, other: Image, title: str, caption: str) -> str:
         return _note(f"{caption}: figure failed ({' '.join(str(exc).split())})")
 
 
+def keypoint_tables(row: pd.Series, output_dir: Path) -> tuple[Path, Path] | None:
+    """The fixed- and moving-space keypoint TSVs a row's method wrote, if any."""
+    try:
+        subject = str(row["subject"])
+        session = None if _is_missing(row.get("session")) else str(row.get("session")) or None
+        fixed, moving, method = str(row["fixed"]), str(row["moving"]), str(row["method"])
+        folder = Path(output_dir) / naming.subject_dir(subject, session)
+        paths = tuple(
+            folder / naming.keypoints_name(subject, session, fixed, moving, method, space)
+            for space in (fixed, moving)
+        )
+    except (KeyError, ValueError, MmregError):
+        return None
+    return paths if all(p.is_file() for p in paths) else None  # type: ignore[return-value]
+
+
+def _keypoints(row: pd.Series, output_dir: Path, fixed: Image, moving: Image) -> list[str]:
+    tables = keypoint_tables(row, output_dir)
+    if tables is None:
+        return []
+    method = str(row.get("method", ""))
+    try:
+        points = [pd.read_csv(t, sep="\t")[["x", "y", "z"]].to_numpy() for t in tables]
+        png = figures.keypoints_figure(fixed, moving, *points, title=f"{method}: keypoints")
+    except Exception as exc:  # a figure is never worth losing the report
+        LOGGER.warning("keypoint figure for %s failed: %s", method, exc)
+        return [_note(f"{method}: keypoint figure failed ({' '.join(str(exc).split())})")]
+    caption = (
+        f"{method}: {len(points[0])} keypoints on the fixed (top) and moving image (bottom); "
+        "equal colours correspond"
+    )
+    return [_figure(png, caption)]
+
+
 def _pair_section(group: pd.DataFrame, output_dir: Path, bids_dir: Path | None) -> str:
     first = group.iloc[0]
     fixed_label, moving_label = first.get("fixed", ""), first.get("moving", "")
@@ -447,6 +481,8 @@ def _pair_section(group: pd.DataFrame, output_dir: Path, bids_dir: Path | None) 
             figs.append(_note(f"{method}: warped image {warped}"))
             continue
         figs.append(_overlay(fixed, warped, method, f"{method}: {moving_label} warped"))
+        if isinstance(moving, Image):
+            figs.extend(_keypoints(r, output_dir, fixed, moving))
     parts.append('<div class="figs">' + "".join(figs) + "</div>")
     return "\n".join(parts)
 

@@ -86,3 +86,28 @@ def test_robust_normalise_and_checkerboard() -> None:
     assert not figures.robust_normalise(np.full((5, 5), np.nan)).any()
     board = figures.checkerboard(np.zeros((8, 8)), np.ones((8, 8)), tiles=2)
     assert board[0, 0] == 0 and board[0, 7] == 1 and board[7, 7] == 0
+
+
+def test_keypoints_land_on_their_voxels_in_the_display_frame():
+    """A LAS-stored image: world points map to the reoriented (RAS) voxel indices."""
+    from mmreg.bids_app.figures import _canonical_points
+
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [20.0, -10.0, 0.0]
+    shape = (11, 6, 5)
+    # Voxel (1, 2, 3) is world (18, -6, 6); flipped along x it is canonical (9, 2, 3).
+    world = [[18.0, -6.0, 6.0]]
+    np.testing.assert_allclose(_canonical_points(world, affine, shape), [[9.0, 2.0, 3.0]])
+
+
+def test_keypoints_figure_renders_3d_and_2d():
+    from mmreg.bids_app.figures import keypoints_figure
+
+    rng = np.random.default_rng(0)
+    volume = Image(rng.random((20, 22, 18)).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    points = rng.uniform(0, 36, size=(16, 3))
+    png = keypoints_figure(volume, volume, points, points + 1.0, title="kp")
+    assert png.startswith(b"\x89PNG")
+    plane = Image(rng.random((30, 40)).astype(np.float32), np.eye(4))
+    pts2 = np.c_[rng.uniform(0, 29, size=(8, 2)), np.zeros(8)]
+    assert keypoints_figure(plane, plane, pts2, pts2).startswith(b"\x89PNG")
