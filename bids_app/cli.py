@@ -660,13 +660,9 @@ def _main_demo(argv: Sequence[str]) -> int:
 
 
 def _main_train(argv: Sequence[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(
-            "usage: mmreg train METHOD ...\n\nFit a learned registration method on a BIDS "
-            "dataset. No learned method is available in this version yet."
-        )
-        return EXIT_OK
-    raise UsageError("train: no learned method is available yet")
+    from mmreg.bids_app.train import main_train
+
+    return main_train(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
