@@ -1,0 +1,203 @@
+"""Training and inference of the 2D segmentation U-Net on (image, label map) arrays.
+
+Engine-free: arrays in, weights out. Where the labels come from (registration of
+another modality's labels) is the caller's business (see ``transfer.py``).
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> images = [rng.random((1, 16, 16)).astype(np.float32) for _ in range(4)]
+    >>> labels = [(im[0] > 0.5).astype(np.int64) for im in images]
+    >>> settings = SegmenterTrainSettings(epochs=1, width=4, depth=2, batch_size=2)
+    >>> result = train_segmenter(images, labels, n_classes=2, settings=settings, progress=False)
+    >>> predict(result.model, images[0]).shape
+    (16, 16)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from mmreg.segmentation.unet import UNet2d, UNetConfig
+
+__all__ = [
+    "SegmenterTrainSettings",
+    "TrainedSegmenter",
+    "dice_per_class",
+    "predict",
+    "soft_dice_loss",
+    "train_segmenter",
+]
+
+
+@dataclass(frozen=True)
+class SegmenterTrainSettings:
+    """Hyperparameters of U-Net training (fields become ``mmreg train`` options)."""
+
+    epochs: int = field(default=40, metadata={"help": "passes over the training images"})
+    batch_size: int = field(default=4, metadata={"help": "images per step"})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Adam step size"})
+    width: int = field(default=16, metadata={"help": "U-Net channels at full resolution"})
+    depth: int = field(default=4, metadata={"help": "U-Net downsamplings"})
+    val_fraction: float = field(default=0.2, metadata={"help": "share of subjects held out"})
+    augment: bool = field(default=True, metadata={"help": "random flips of intensity/shift"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation and shuffling"})
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError("val_fraction must be in [0, 1)")
+
+
+@dataclass
+class TrainedSegmenter:
+    """The best model (by validation Dice) and the training history."""
+
+    model: UNet2d
+    config: UNetConfig
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_dice: float
+
+
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, eps: float = 1e-6
+) -> torch.Tensor:
+    """``1 - mean over foreground classes of 2|P∩T| / (|P| + |T|)`` with softmax P.
+
+    Classes absent from both prediction and target in the batch count as perfect
+    (their terms are 1), so a label missing from a crop does not push the loss.
+    """
+    n_classes = logits.shape[1]
+    probs = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    total = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + eps) / (total + eps)
+    return 1 - dice[1:].mean()
+
+
+def dice_per_class(pred: npt.NDArray, truth: npt.NDArray, n_classes: int) -> list[float]:
+    """Hard Dice per foreground class (NaN where a class is in neither map)."""
+    out = []
+    for c in range(1, n_classes):
+        a, b = pred == c, truth == c
+        denom = a.sum() + b.sum()
+        out.append(float(2 * (a & b).sum() / denom) if denom else math.nan)
+    return out
+
+
+def _augment(
+    x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # Contrast/brightness jitter and a small shift: transferred labels are slightly off anyway.
+    scale = 1 + 0.2 * (torch.rand(x.shape[0], 1, 1, 1, generator=gen) - 0.5) * 2
+    offset = 0.1 * (torch.rand(x.shape[0], 1, 1, 1, generator=gen) - 0.5) * 2
+    x = x * scale + offset
+    dy, dx = (int(v) for v in torch.randint(-4, 5, (2,), generator=gen))
+    return torch.roll(x, (dy, dx), dims=(2, 3)), torch.roll(y, (dy, dx), dims=(1, 2))
+
+
+def _batches(n: int, size: int, gen: torch.Generator) -> list[list[int]]:
+    order = torch.randperm(n, generator=gen).tolist()
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+def _stack(items: Sequence[npt.NDArray], dtype: torch.dtype) -> torch.Tensor:
+    shape = tuple(max(s) for s in zip(*(a.shape for a in items), strict=True))
+    out = np.zeros((len(items), *shape), dtype=np.float32 if dtype.is_floating_point else np.int64)
+    for k, a in enumerate(items):
+        out[(k, *(slice(0, s) for s in a.shape))] = a
+    return torch.from_numpy(out).to(dtype)
+
+
+def train_segmenter(
+    images: Sequence[npt.NDArray],
+    labels: Sequence[npt.NDArray],
+    *,
+    n_classes: int,
+    settings: SegmenterTrainSettings,
+    device: str = "cpu",
+    progress: bool = True,
+) -> TrainedSegmenter:
+    """Train a U-Net on ``images`` ``(C, H, W)`` with integer ``labels`` ``(H, W)``.
+
+    The last ``val_fraction`` of the items (at least one when there are two or more)
+    are held out; the epoch with the best mean validation Dice is kept.
+    """
+    from tqdm import tqdm
+
+    if len(images) != len(labels) or not images:
+        raise ValueError("need as many label maps as images, and at least one")
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    n_val = min(len(images) - 1, max(1, round(len(images) * settings.val_fraction)))
+    n_val = n_val if settings.val_fraction > 0 and len(images) > 1 else 0
+    train_idx, val_idx = (
+        list(range(len(images) - n_val)),
+        list(range(len(images) - n_val, len(images))),
+    )
+    config = UNetConfig(
+        in_channels=int(images[0].shape[0]),
+        n_classes=n_classes,
+        width=settings.width,
+        depth=settings.depth,
+    )
+    model = config.build().to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    history: list[dict[str, float]] = []
+    best_state, best_epoch, best_dice = copy.deepcopy(model.state_dict()), 0, -1.0
+    bar = tqdm(range(settings.epochs), desc="unet", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        losses = []
+        for batch in _batches(len(train_idx), settings.batch_size, gen):
+            x = _stack([images[train_idx[i]] for i in batch], torch.float32)
+            y = _stack([labels[train_idx[i]] for i in batch], torch.int64)
+            if settings.augment:
+                x, y = _augment(x, y, gen)
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+        scored = val_idx or train_idx
+        scores = [
+            np.nanmean(
+                dice_per_class(predict(model, images[i], device=device), labels[i], n_classes)
+            )
+            for i in scored
+        ]
+        record["val_dice"] = float(np.nanmean(scores))
+        history.append(record)
+        if record["val_dice"] > best_dice:
+            best_state, best_epoch, best_dice = (
+                copy.deepcopy(model.state_dict()),
+                epoch + 1,
+                record["val_dice"],
+            )
+        bar.set_postfix(loss=f"{record['loss']:.3f}", val_dice=f"{record['val_dice']:.3f}")
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainedSegmenter(model, config, history, best_epoch, best_dice)
+
+
+@torch.no_grad()
+def predict(model: UNet2d, image: npt.NDArray, *, device: str = "cpu") -> npt.NDArray[np.int64]:
+    """Label map ``(H, W)`` for one image ``(C, H, W)``."""
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
+    return model(x).argmax(1)[0].cpu().numpy().astype(np.int64)
