@@ -65,7 +65,10 @@ def test_training_learns_and_is_deterministic():
     assert a.best_val_dice > 0.8
     assert a.history == b.history
     test_images, test_labels = _squares(3, seed=1)
-    dice = [dice_per_class(predict(a.model, x), y, 2)[0] for x, y in zip(test_images, test_labels)]
+    dice = [
+        dice_per_class(predict(a.model, x), y, 2)[0]
+        for x, y in zip(test_images, test_labels, strict=True)
+    ]
     assert min(dice) > 0.8
     assert a.config == UNetConfig(in_channels=1, n_classes=2, width=4, depth=2)
 
