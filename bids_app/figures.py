@@ -9,6 +9,7 @@ threads. Every public function returns PNG bytes.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -320,6 +321,19 @@ def checkerboard(a: npt.NDArray, b: npt.NDArray, *, tiles: int = 8) -> npt.NDArr
     return np.where(use_a, a, b)
 
 
+def _show_grey(ax: Any, slice2d: npt.NDArray, extent: tuple[float, float, float, float]) -> None:
+    """A normalised slice, (h, v) indexed, in grey with the display conventions of the report."""
+    ax.imshow(
+        slice2d.T,
+        cmap="gray",
+        origin="lower",
+        extent=extent,
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+    )
+
+
 def overlay_figure(
     fixed: Image,
     warped: Image,
@@ -360,15 +374,7 @@ def overlay_figure(
     for col, (name, f2, m2, (width, height)) in enumerate(planes):
         extent = (0.0, width, 0.0, height)
         top = fig.add_subplot(2, ncol, col + 1)
-        top.imshow(
-            f2.T,
-            cmap="gray",
-            origin="lower",
-            extent=extent,
-            vmin=0,
-            vmax=1,
-            interpolation="nearest",
-        )
+        _show_grey(top, f2, extent)
         edges = edge_map(m2)
         rgba = np.zeros((*edges.T.shape, 4), dtype=np.float32)
         rgba[..., 0], rgba[..., 1], rgba[..., 2] = 1.0, 0.25, 0.1
@@ -376,15 +382,7 @@ def overlay_figure(
         top.imshow(rgba, origin="lower", extent=extent, interpolation="nearest")
         top.set_title(name if ncol > 1 else "fixed + warped edges", fontsize=8)
         bottom = fig.add_subplot(2, ncol, ncol + col + 1)
-        bottom.imshow(
-            checkerboard(f2, m2, tiles=tiles).T,
-            cmap="gray",
-            origin="lower",
-            extent=extent,
-            vmin=0,
-            vmax=1,
-            interpolation="nearest",
-        )
+        _show_grey(bottom, checkerboard(f2, m2, tiles=tiles), extent)
         if ncol == 1:
             bottom.set_title("checkerboard fixed / warped", fontsize=8)
         for ax in (top, bottom):
@@ -451,15 +449,7 @@ def keypoints_figure(
             ax = fig.add_subplot(2, len(planes), r * len(planes) + c + 1)
             index = data.shape[axis] // 2
             extent = (0.0, data.shape[h] * spacing[h], 0.0, data.shape[v] * spacing[v])
-            ax.imshow(
-                np.take(data, index, axis=axis).T,
-                cmap="gray",
-                origin="lower",
-                extent=extent,
-                vmin=0,
-                vmax=1,
-                interpolation="nearest",
-            )
+            _show_grey(ax, np.take(data, index, axis=axis), extent)
             near = np.abs(idx[:, axis] - index) * spacing[axis] <= 6.0
             x, y = (idx[:, h] + 0.5) * spacing[h], (idx[:, v] + 0.5) * spacing[v]
             ax.scatter(x[~near], y[~near], s=4, c=colours[~near], alpha=0.35, linewidths=0)
