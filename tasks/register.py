@@ -46,6 +46,7 @@ def RegisterPair(
         return Json(write_manifest("result.json", method=method, **upstream))
     limit_threads(threads)
     try:
+        models = verified_model_paths(models or {})
         pair = PreparedPair(
             fixed=load_image(upstream["fixed"]),
             moving=load_image(upstream["moving"]),
@@ -57,7 +58,7 @@ def RegisterPair(
             seed=seed,
             device=resolve_device(device),
             threads=threads,
-            models=verified_model_paths(models or {}),
+            models=models,
         )
         suffix = ".txt" if result.transform.is_linear else ".h5"
         xfm = result.transform.write(Path.cwd() / f"xfm{suffix}")
