@@ -51,3 +51,12 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
     assert not Path(stale).exists()
     assert all(p.exists() for p in keep) and Path(in_work).exists()
     assert remove_stale_temporaries(tmp_path / "missing") == 0
+
+
+def test_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
