@@ -52,7 +52,11 @@ EXIT_INTERRUPTED = 130
 #: The default when --methods is not given: robust across contrasts and poses.
 DEFAULT_METHODS = ("ants-affine",)
 #: The demo shows the baseline, an MI baseline, and affine and deformable ANTs.
-DEMO_METHODS = ("identity", "sitk-rigid", "ants-affine", "ants-syn")
+#: What ``mmreg demo`` runs per dataset when ``--methods`` is not given.
+DEMO_METHODS = {
+    "brain": ("identity", "sitk-rigid", "ants-affine", "ants-syn"),
+    "wholebody": ("identity", "sitk-rigid", "ants-rigid"),
+}
 
 SUBCOMMANDS = ("demo", "train")
 LOG = logging.getLogger("mmreg.bids_app.cli")
@@ -430,6 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="restrict registration to a foreground mask (default: off)",
     )
+    reg.add_argument(
+        "--coronal-slice",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="pair a 2D image (e.g. whole-body DXA) with a 3D one (Dixon MR) by registering "
+        "it to the 3D image's mid-coronal slice along the spine (default: off)",
+    )
 
     parser.add_argument(
         "--work-dir",
@@ -483,15 +494,18 @@ def build_demo_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="NAME,NAME,...",
-        help=f"methods to run (default: {','.join(DEMO_METHODS)})",
+        help="methods to run (default: "
+        + "; ".join(f"{k}: {','.join(v)}" for k, v in DEMO_METHODS.items())
+        + ")",
     )
     _add_model_option(parser)
     parser.add_argument(
         "--max-rotation",
         type=_angle,
-        default=20.0,
+        default=None,
         metavar="DEG",
-        help="largest simulated misalignment rotation (default: %(default)s)",
+        help="largest simulated misalignment rotation (default: 20 for brain, 4 for "
+        "wholebody; above 45 the pose covers the full circle)",
     )
     _add_engine_options(parser)
     _no_exit(parser)
@@ -598,6 +612,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         resolution=args.resolution,
         prealign=args.prealign,
         mask=args.mask,
+        coronal_slice=args.coronal_slice,
         max_pairs=args.max_pairs,
         verbose=args.verbose,
         **extra,
@@ -634,7 +649,7 @@ def _main_demo(argv: Sequence[str]) -> int:
     out = args.out.resolve()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
-    methods = parse_methods(args.methods, default=DEMO_METHODS)
+    methods = parse_methods(args.methods, default=DEMO_METHODS[args.dataset])
     models = parse_models(args.model, methods)
     _check_worker(args.worker)
     worker_args = parse_worker_args(args.worker_args, args.worker)

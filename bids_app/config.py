@@ -105,6 +105,7 @@ class Config:
         resolution: Isotropic working resolution in mm.
         prealign: Pre-alignment: ``none``, ``com`` (centre of mass) or ``moments``.
         mask: Restrict similarity/normalisation to a foreground mask.
+        coronal_slice: Register 2D images (DXA) to a 3D image's mid-coronal slice.
         max_pairs: Register at most this many pairs (``None``: all); for quick looks.
         verbose: Terminal verbosity (0: info, 1: more, 2: debug incl. third-party).
         version: mmreg version that made this config.
@@ -131,6 +132,7 @@ class Config:
     resolution: float = 2.0
     prealign: str = "com"
     mask: bool = False
+    coronal_slice: bool = False
     max_pairs: int | None = None
     verbose: int = 0
     version: str = mmreg.__version__

@@ -114,6 +114,7 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
             spacing=config.resolution,
             mask=config.mask,
             prealign=config.prealign,
+            coronal_slice=config.coronal_slice,
             seed=config.random_seed,
             device=config.device,
             threads=config.omp_nthreads,
@@ -316,6 +317,11 @@ def run_group(config: Config) -> int:
     return EXIT_OK
 
 
+#: Demo datasets and their default largest pose rotation (degrees).
+DEMO_DATASETS = ("brain", "wholebody")
+DEMO_MAX_ROTATION = {"brain": 20.0, "wholebody": 4.0}
+
+
 def run_demo(
     *,
     out: Path,
@@ -324,7 +330,7 @@ def run_demo(
     seed: int = 0,
     methods: Sequence[str] = ("ants-affine",),
     models: dict[str, str] | None = None,
-    max_rotation: float = 20.0,
+    max_rotation: float | None = None,
     worker: str = "cf",
     worker_args: dict[str, str] | None = None,
     nprocs: int = 1,
@@ -338,21 +344,30 @@ def run_demo(
     Returns:
         The participant level's exit code (0, or 65 if some pairs failed).
     """
-    from mmreg.bids_app.demo_data import write_demo_dataset
     from mmreg.bids_app.query import find_pairs
 
-    if dataset != "brain":
-        raise UsageError(f"--dataset {dataset}: only the brain demo is available so far")
+    if dataset not in DEMO_DATASETS:
+        raise UsageError(f"--dataset {dataset}: choose one of {', '.join(DEMO_DATASETS)}")
     bids_dir = out / "bids"
     t0 = time.perf_counter()
+    if max_rotation is None:
+        max_rotation = DEMO_MAX_ROTATION[dataset]
     # Beyond 45 degrees the pose is drawn over the full circle about a random axis.
-    write_demo_dataset(
-        bids_dir,
-        n_subjects=subjects,
-        seed=seed,
-        max_rotation_deg=max_rotation,
-        large_rotations=max_rotation > 45.0,
-    )
+    options = {"max_rotation_deg": max_rotation, "large_rotations": max_rotation > 45.0}
+    if dataset == "wholebody":
+        from mmreg.bids_app.demo_wholebody import (
+            FIXED_FILTER,
+            MOVING_FILTER,
+            write_wholebody_dataset,
+        )
+
+        write_wholebody_dataset(bids_dir, n_subjects=subjects, seed=seed, **options)
+        fixed, moving = dict(FIXED_FILTER), (dict(MOVING_FILTER),)
+    else:
+        from mmreg.bids_app.demo_data import write_demo_dataset
+
+        write_demo_dataset(bids_dir, n_subjects=subjects, seed=seed, **options)
+        fixed, moving = {"suffix": "T1w"}, ({"suffix": "T2w"}, {"suffix": "PDw"})
     LOGGER.info(
         "demo dataset: %d subject(s) in %s (%.1f s)", subjects, bids_dir, time.perf_counter() - t0
     )
@@ -361,8 +376,9 @@ def run_demo(
         output_dir=str(bids_dir / "derivatives" / "mmreg"),
         analysis_level="participant",
         ground_truth=str(bids_dir / "derivatives" / "ground-truth"),
-        fixed={"suffix": "T1w"},
-        moving=({"suffix": "T2w"}, {"suffix": "PDw"}),
+        fixed=fixed,
+        moving=moving,
+        coronal_slice=dataset == "wholebody",
         methods=tuple(methods),
         models=models or {},
         work_dir=str(out / "work"),

@@ -449,12 +449,16 @@ class PreprocessOptions:
         normalize: Map intensities robustly to [0, 1].
         mask: Zero the background outside :func:`foreground_mask`.
         prealign: Pre-alignment mode: ``"none"``, ``"com"`` or ``"moments"``.
+        coronal_slice: Pair a 2D image with a 3D one by registering it to the 3D image's
+            mid-coronal slice along the spine (whole-body DXA and MR); see
+            :mod:`mmreg.imaging.planar`. Off, such a pair is an input error.
     """
 
     spacing: float = 2.0
     normalize: bool = True
     mask: bool = False
     prealign: str = "com"
+    coronal_slice: bool = False
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.spacing) or self.spacing <= 0:

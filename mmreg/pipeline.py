@@ -21,6 +21,7 @@ from mmreg.errors import InputError, MmregError
 from mmreg.imaging.evaluation import evaluate_transform, folding_pct
 from mmreg.imaging.groundtruth import GroundTruth
 from mmreg.imaging.image import Image, load_image
+from mmreg.imaging.planar import PlanarPair, make_planar, project_ground_truth
 from mmreg.imaging.preprocess import PreprocessOptions, prealign, preprocess
 from mmreg.imaging.transform import Transform
 from mmreg.methods import RegistrationResult, run_chain
@@ -54,15 +55,28 @@ class PreparedPair:
     initial: Transform
 
 
-def prepare(fixed_path: str, moving_path: str, options: PreprocessOptions) -> PreparedPair:
-    """Validate and preprocess both images and compute the pre-alignment."""
+def load_pair(fixed_path: str, moving_path: str, *, coronal_slice: bool = False) -> PlanarPair:
+    """Load both images; a 2D/3D pair becomes 2D with ``coronal_slice`` or is refused.
+
+    Raises:
+        InputError: For unreadable images, or different dimensionality without
+            ``coronal_slice``.
+    """
     fixed = load_image(fixed_path)
     moving = load_image(moving_path)
-    if fixed.ndim != moving.ndim:
+    if fixed.ndim != moving.ndim and not coronal_slice:
         raise InputError(
             f"fixed image is {fixed.ndim}D but moving image is {moving.ndim}D; "
-            "both must have the same dimensionality"
+            "both must have the same dimensionality (or use --coronal-slice to register a "
+            "2D image to a 3D image's mid-coronal slice)"
         )
+    return make_planar(fixed_path, moving_path, fixed, moving)
+
+
+def prepare(fixed_path: str, moving_path: str, options: PreprocessOptions) -> PreparedPair:
+    """Validate and preprocess both images and compute the pre-alignment."""
+    planar = load_pair(fixed_path, moving_path, coronal_slice=options.coronal_slice)
+    fixed, moving = planar.fixed, planar.moving
     fixed_pre = preprocess(fixed, options)
     moving_pre = preprocess(moving, options)
     initial = Transform.from_affine(
@@ -101,15 +115,21 @@ def evaluate(
     moving_path: str,
     transform: Transform,
     ground_truth: GroundTruth,
+    *,
+    coronal_slice: bool = False,
 ) -> tuple[Image, dict[str, float]]:
     """Warp the original moving image onto the original fixed grid and measure.
+
+    With ``coronal_slice``, a 3D side is its mid-coronal slice, and its ground truth is
+    moved onto that slice (:func:`mmreg.imaging.planar.project_ground_truth`).
 
     Returns:
         The warped moving image and the metric columns, including the
         ``initial_*`` measures of the identity map.
     """
-    fixed = load_image(fixed_path)
-    moving = load_image(moving_path)
+    planar = load_pair(fixed_path, moving_path, coronal_slice=coronal_slice)
+    fixed, moving = planar.fixed, planar.moving
+    ground_truth = project_ground_truth(ground_truth, planar)
     t0 = time.perf_counter()
     warped = transform.apply(moving, fixed.grid, interpolation="linear")
     identity = Transform.identity(ndim=fixed.ndim)

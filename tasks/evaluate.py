@@ -20,6 +20,7 @@ def EvaluatePair(
     pair: dict,
     result: Json,
     label_table: str = "",
+    coronal_slice: bool = False,
     code: str = "",
 ) -> dict:
     """One evaluation row for a (pair, method), with the warped image's path.
@@ -28,6 +29,7 @@ def EvaluatePair(
         pair: The pair record, with ground-truth paths where they exist.
         result: Manifest from :func:`RegisterPair`.
         label_table: ``dseg.tsv`` naming the labels, or empty.
+        coronal_slice: A 3D side is its mid-coronal slice (as in ``PreparePair``).
         code: Code fingerprint; only here so a code change invalidates the cache.
 
     Returns:
@@ -54,7 +56,9 @@ def EvaluatePair(
             moving_landmarks=pair.get("moving_landmarks"),
             label_table=label_table or None,
         )
-        warped, metrics = evaluate(pair["fixed"], pair["moving"], transform, ground_truth)
+        warped, metrics = evaluate(
+            pair["fixed"], pair["moving"], transform, ground_truth, coronal_slice=coronal_slice
+        )
         warped_path = save_image(warped, Path.cwd() / "warped.nii.gz")
     except Exception as exc:
         failure = Failure.from_exception(exc)

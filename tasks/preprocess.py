@@ -21,6 +21,7 @@ def PreparePair(
     normalize: bool = True,
     mask: bool = False,
     prealign: str = "com",
+    coronal_slice: bool = False,
     code: str = "",
 ) -> Json:
     """Validate, reorient, resample and normalise both images; pre-align them.
@@ -31,6 +32,7 @@ def PreparePair(
         normalize: Robust intensity normalisation to [0, 1].
         mask: Zero the background outside a foreground mask.
         prealign: ``none``, ``com`` (centre of mass) or ``moments``.
+        coronal_slice: Register a 2D image to a 3D image's mid-coronal slice.
         code: Code fingerprint; only here so a code change invalidates the cache.
 
     Returns:
@@ -38,7 +40,13 @@ def PreparePair(
             or the one-line reason the pair cannot be registered.
     """
     del code
-    options = PreprocessOptions(spacing=spacing, normalize=normalize, mask=mask, prealign=prealign)
+    options = PreprocessOptions(
+        spacing=spacing,
+        normalize=normalize,
+        mask=mask,
+        prealign=prealign,
+        coronal_slice=coronal_slice,
+    )
     start = time.perf_counter()
     try:
         prepared = prepare(pair["fixed"], pair["moving"], options)

@@ -45,6 +45,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "normalize": True,
     "mask": False,
     "prealign": "com",
+    "coronal_slice": False,
     "seed": 0,
     "device": "auto",
     "threads": 1,
@@ -69,6 +70,7 @@ def PairWorkflow(pair: dict, methods: list[str], options: dict) -> list[dict]:
             normalize=o["normalize"],
             mask=o["mask"],
             prealign=o["prealign"],
+            coronal_slice=o["coronal_slice"],
             code=o["code"],
         ),
         name="prepare",
@@ -86,7 +88,11 @@ def PairWorkflow(pair: dict, methods: list[str], options: dict) -> list[dict]:
     )
     evaluate = workflow.add(
         EvaluatePair(
-            pair=pair, result=register.result, label_table=o["label_table"], code=o["code"]
+            pair=pair,
+            result=register.result,
+            label_table=o["label_table"],
+            coronal_slice=o["coronal_slice"],
+            code=o["code"],
         ).combine("register.method"),
         name="evaluate",
     )
@@ -151,6 +157,7 @@ def init_participant_wf(
     normalize: bool = True,
     mask: bool = False,
     prealign: str = "com",
+    coronal_slice: bool = False,
     seed: int = 0,
     device: str = "auto",
     threads: int = 1,
@@ -169,6 +176,7 @@ def init_participant_wf(
         normalize: Robust intensity normalisation.
         mask: Mask the background before registration.
         prealign: ``none``, ``com`` or ``moments``.
+        coronal_slice: Register 2D images to a 3D image's mid-coronal slice.
         seed: Random seed given to every method.
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: Threads per task (ITK/torch), so ``nprocs * threads <= cores``.
@@ -196,6 +204,7 @@ def init_participant_wf(
         "normalize": bool(normalize),
         "mask": bool(mask),
         "prealign": prealign,
+        "coronal_slice": bool(coronal_slice),
         "seed": int(seed),
         "device": device,
         "threads": int(threads),
