@@ -438,6 +438,21 @@ def _keypoints(row: pd.Series, output_dir: Path, fixed: Image, moving: Image) ->
     return [_figure(png, caption)]
 
 
+def _planar_moving(
+    fixed_path: Path, moving_path: Path, fixed: Image, moving: Image
+) -> Image | str:
+    """The moving image as registered: a 3D image paired with a 2D one is its coronal slice."""
+    from mmreg.imaging.planar import make_planar
+
+    try:
+        planar = make_planar(fixed_path, moving_path, fixed, moving)
+    except Exception as exc:  # a figure is never worth losing the report
+        return " ".join(str(exc).split()) or type(exc).__name__
+    if planar.sliced != "moving":
+        return "is 3D while the fixed image is 2D; no slice to show"
+    return planar.moving
+
+
 def _pair_section(group: pd.DataFrame, output_dir: Path, bids_dir: Path | None) -> str:
     first = group.iloc[0]
     fixed_label, moving_label = first.get("fixed", ""), first.get("moving", "")
@@ -461,7 +476,10 @@ def _pair_section(group: pd.DataFrame, output_dir: Path, bids_dir: Path | None) 
         parts.append(_note(f"No figures: fixed image ({fixed_label}) {fixed}."))
         return "\n".join(parts)
     figs = []
-    moving = _load(find_source_image(first, "moving", bids_dir), cache)
+    moving_path = find_source_image(first, "moving", bids_dir)
+    moving = _load(moving_path, cache)
+    if isinstance(moving, Image) and moving.ndim != fixed.ndim and fixed_path and moving_path:
+        moving = _planar_moving(fixed_path, moving_path, fixed, moving)
     if isinstance(moving, Image):
         figs.append(
             _overlay(
