@@ -73,6 +73,22 @@ TARGETS: dict[str, TrainTarget] = {
         function="mmreg.methods.keymorph.train:train_from_pairs",
         moving=(("suffix=T2w",), ("suffix=PDw",)),
     ),
+    "contrastive": TrainTarget(
+        name="contrastive",
+        description="contrastive DXA/MR-slice encoders (contrastive-dense/-salient)",
+        settings="mmreg.methods.contrastive.train:ContrastiveTrainSettings",
+        function="mmreg.methods.contrastive.train:train_contrastive",
+        fixed=("suffix=DXA", "rec=bone"),
+        moving=(("suffix=T1w", "acq=dixon", "rec=fat"),),
+    ),
+    "contrastive-refine": TrainTarget(
+        name="contrastive-refine",
+        description="rigid refinement regressor on contrastive features (contrastive-refine)",
+        settings="mmreg.methods.contrastive.refine:RefineTrainSettings",
+        function="mmreg.methods.contrastive.refine:train_refine",
+        fixed=("suffix=DXA", "rec=bone"),
+        moving=(("suffix=T1w", "acq=dixon", "rec=fat"),),
+    ),
 }
 
 

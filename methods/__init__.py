@@ -31,6 +31,13 @@ from mmreg.methods.registry import (
     split_chain,
 )
 
+# Learned methods import torch: announce their names, import them on first use.
+for _name in ("keymorph-rigid", "keymorph-affine", "keymorph-tps"):
+    register_lazy(_name, "mmreg.methods.keymorph.register")
+for _name in ("contrastive-dense", "contrastive-salient"):
+    register_lazy(_name, "mmreg.methods.contrastive.register")
+register_lazy("contrastive-refine", "mmreg.methods.contrastive.refine")
+
 __all__ = [
     "BaseMethod",
     "ChainMethod",

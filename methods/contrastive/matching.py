@@ -1,0 +1,445 @@
+"""Cross-modal subject matching: retrieval ranks, verification ROC, subject-swap detection.
+
+Given the similarities of N DXA scans to N MR scans (``similarity[a, b]``, from
+:func:`similarity_matrix` or any other scorer) and the subject of each scan, this
+module answers three questions (Windsor et al. 2021, section 3.2):
+
+* **Retrieval**: for each scan of one modality, at which rank does its own subject's
+  scan of the other modality come? -> :func:`match_table` (one row per query) and
+  :func:`summarize` (recall@1/5/10, mean rank).
+* **Verification**: how well does one similarity separate true pairs from impostor
+  pairs? -> ROC AUC, equal error rate, TPR at 1% FPR (:func:`verification`, :func:`roc_curve`).
+* **Swap detection**: would a swapped pair (a DXA filed under the wrong subject) be
+  caught? A pair is flagged when its best cross-modal match is another subject, and/or
+  when its similarity falls below a threshold calibrated to 1% false alarms on true
+  pairs (:func:`calibrate_threshold`). :func:`swap_experiment` injects k swaps into a
+  cohort and reports the caught fraction and the false-alarm rate.
+
+Everything here is NumPy/pandas; no model or engine is needed.
+
+Example:
+    >>> import numpy as np
+    >>> s = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.7], [0.1, 0.6, 0.5]])
+    >>> table = match_table(s, ["a", "b", "c"])
+    >>> table[["query_subject", "query_modality", "partner_rank"]].values.tolist()[:3]
+    [['a', 'dxa', 1], ['b', 'dxa', 1], ['c', 'dxa', 2]]
+    >>> summarize(s, ["a", "b", "c"])["recall_at_1"].item()  # c's DXA and c's MR both miss
+    0.6666666666666666
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+__all__ = [
+    "MATCH_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "SwapResult",
+    "calibrate_threshold",
+    "equal_error_rate",
+    "figure_png",
+    "match_table",
+    "recall_curve",
+    "roc_auc",
+    "roc_curve",
+    "summarize",
+    "swap_experiment",
+    "true_pair_scores",
+    "verification",
+]
+
+#: Columns of ``matching.csv`` (one row per query scan).
+MATCH_COLUMNS = (
+    "query_subject",
+    "query_modality",
+    "partner_rank",
+    "partner_similarity",
+    "best_subject",
+    "best_similarity",
+    "swap_suspected",
+)
+#: Columns of the one-row summary.
+SUMMARY_COLUMNS = (
+    "n_subjects",
+    "recall_at_1",
+    "recall_at_5",
+    "recall_at_10",
+    "mean_rank",
+    "roc_auc",
+    "eer",
+    "tpr_at_fpr_1pct",
+)
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def _check(
+    similarity: npt.ArrayLike,
+    dxa_subjects: Sequence[str],
+    mr_subjects: Sequence[str] | None,
+) -> tuple[FloatArray, list[str], list[str]]:
+    s = np.asarray(similarity, dtype=float)
+    dxa = [str(x) for x in dxa_subjects]
+    mr = dxa if mr_subjects is None else [str(x) for x in mr_subjects]
+    if s.ndim != 2 or s.shape != (len(dxa), len(mr)):
+        raise ValueError(
+            f"similarity shape {s.shape} does not match {len(dxa)} DXA and {len(mr)} MR subjects"
+        )
+    if len(set(dxa)) != len(dxa) or len(set(mr)) != len(mr):
+        raise ValueError("subject ids must be unique within each modality")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("similarities must be finite")
+    return s, dxa, mr
+
+
+def true_pair_scores(
+    similarity: npt.ArrayLike,
+    dxa_subjects: Sequence[str],
+    mr_subjects: Sequence[str] | None = None,
+) -> tuple[FloatArray, FloatArray]:
+    """Similarities of true pairs (same subject) and of all impostor pairs.
+
+    Example:
+        >>> g, i = true_pair_scores([[0.9, 0.2], [0.3, 0.8]], ["a", "b"])
+        >>> g.tolist(), sorted(i.tolist())
+        ([0.9, 0.8], [0.2, 0.3])
+    """
+    s, dxa, mr = _check(similarity, dxa_subjects, mr_subjects)
+    same = np.array([[a == b for b in mr] for a in dxa], dtype=bool)
+    return s[same], s[~same]
+
+
+def _ranks(row: FloatArray, partner: int) -> int:
+    # Ties with the partner are counted against it: a constant scorer must not look perfect.
+    return int(
+        np.sum(row > row[partner])
+        + np.sum(row[np.arange(row.size) != partner] == row[partner])
+        + 1
+    )
+
+
+def match_table(
+    similarity: npt.ArrayLike,
+    dxa_subjects: Sequence[str],
+    mr_subjects: Sequence[str] | None = None,
+    *,
+    threshold: float | None = None,
+) -> pd.DataFrame:
+    """One row per query scan (each DXA against all MRs, then each MR against all DXAs).
+
+    Args:
+        similarity: ``(A, B)`` similarities of DXA ``a`` and MR ``b``.
+        dxa_subjects: Subject of each DXA (row).
+        mr_subjects: Subject of each MR (column); default: the same as ``dxa_subjects``.
+        threshold: Optional similarity below which a true pair is also suspected
+            (see :func:`calibrate_threshold`).
+
+    Returns:
+        Columns :data:`MATCH_COLUMNS`: ``partner_rank`` is 1 when the query's own
+        subject scores highest (ties count against it), ``best_subject`` is the
+        top-scoring scan's subject, ``swap_suspected`` is true when that is another
+        subject, or when the partner's similarity is below ``threshold``. Queries
+        whose subject has no scan in the other modality are skipped.
+    """
+    s, dxa, mr = _check(similarity, dxa_subjects, mr_subjects)
+    rows = []
+    for modality, scores, queries, targets in (("dxa", s, dxa, mr), ("mr", s.T, mr, dxa)):
+        index = {subject: k for k, subject in enumerate(targets)}
+        for q, subject in enumerate(queries):
+            if subject not in index:
+                continue
+            row = scores[q]
+            partner = index[subject]
+            best = int(np.argmax(row))
+            rank = _ranks(row, partner)
+            suspected = rank != 1 or (threshold is not None and row[partner] < threshold)
+            rows.append(
+                {
+                    "query_subject": subject,
+                    "query_modality": modality,
+                    "partner_rank": rank,
+                    "partner_similarity": float(row[partner]),
+                    "best_subject": targets[best],
+                    "best_similarity": float(row[best]),
+                    "swap_suspected": bool(suspected),
+                }
+            )
+    return pd.DataFrame(rows, columns=list(MATCH_COLUMNS))
+
+
+def roc_curve(genuine: npt.ArrayLike, impostor: npt.ArrayLike) -> pd.DataFrame:
+    """ROC operating points of "score >= threshold means same subject".
+
+    Returns:
+        Columns ``threshold, fpr, tpr``, from ``(+inf, 0, 0)`` down to the lowest score
+        (``fpr = tpr = 1``), one row per distinct score.
+
+    Example:
+        >>> roc_curve([0.9, 0.4], [0.5]).values.tolist()
+        [[inf, 0.0, 0.0], [0.9, 0.0, 0.5], [0.5, 1.0, 0.5], [0.4, 1.0, 1.0]]
+    """
+    g = np.asarray(genuine, dtype=float)
+    i = np.asarray(impostor, dtype=float)
+    if g.size == 0 or i.size == 0:
+        raise ValueError("need at least one genuine and one impostor score")
+    thresholds = np.unique(np.concatenate([g, i]))[::-1]
+    tpr = np.array([np.mean(g >= t) for t in thresholds])
+    fpr = np.array([np.mean(i >= t) for t in thresholds])
+    return pd.DataFrame(
+        {
+            "threshold": np.r_[np.inf, thresholds],
+            "fpr": np.r_[0.0, fpr],
+            "tpr": np.r_[0.0, tpr],
+        }
+    )
+
+
+def roc_auc(genuine: npt.ArrayLike, impostor: npt.ArrayLike) -> float:
+    """P(genuine score > impostor score) + 0.5 P(tie): the area under the ROC curve.
+
+    Example:
+        >>> roc_auc([0.9, 0.8, 0.4], [0.7, 0.5, 0.3, 0.1])  # 10 of 12 pairs ordered
+        0.8333333333333334
+    """
+    g = np.asarray(genuine, dtype=float)[:, None]
+    i = np.asarray(impostor, dtype=float)[None, :]
+    return float(np.mean((g > i) + 0.5 * (g == i)))
+
+
+def equal_error_rate(genuine: npt.ArrayLike, impostor: npt.ArrayLike) -> float:
+    """The rate where false accepts equal false rejects, on the linearly interpolated ROC.
+
+    Example:
+        >>> round(equal_error_rate([0.9, 0.8, 0.4], [0.7, 0.5, 0.3, 0.1]), 6)
+        0.333333
+    """
+    roc = roc_curve(genuine, impostor)
+    fpr = roc["fpr"].to_numpy()
+    fnr = 1.0 - roc["tpr"].to_numpy()
+    diff = fnr - fpr  # starts at 1 (all rejected), ends at -1 (all accepted)
+    for k in range(1, len(diff)):
+        if diff[k] <= 0:
+            # Crossing on the segment k-1 -> k: interpolate both rates linearly.
+            w = diff[k - 1] / (diff[k - 1] - diff[k]) if diff[k - 1] != diff[k] else 0.0
+            return float(fpr[k - 1] + w * (fpr[k] - fpr[k - 1]))
+    return float(fpr[-1])
+
+
+def tpr_at_fpr(genuine: npt.ArrayLike, impostor: npt.ArrayLike, fpr: float = 0.01) -> float:
+    """Largest true-positive rate among operating points whose FPR is at most ``fpr``."""
+    roc = roc_curve(genuine, impostor)
+    return float(roc.loc[roc["fpr"] <= fpr + 1e-12, "tpr"].max())
+
+
+def verification(genuine: npt.ArrayLike, impostor: npt.ArrayLike) -> dict[str, float]:
+    """``roc_auc``, ``eer`` and ``tpr_at_fpr_1pct`` of genuine vs impostor scores."""
+    return {
+        "roc_auc": roc_auc(genuine, impostor),
+        "eer": equal_error_rate(genuine, impostor),
+        "tpr_at_fpr_1pct": tpr_at_fpr(genuine, impostor, 0.01),
+    }
+
+
+def recall_curve(table: pd.DataFrame, max_k: int | None = None) -> pd.DataFrame:
+    """Recall@K for K = 1..max_k (columns ``k``, ``recall``) from a :func:`match_table`."""
+    ranks = table["partner_rank"].to_numpy()
+    max_k = max_k or int(ranks.max(initial=1))
+    ks = np.arange(1, max_k + 1)
+    return pd.DataFrame({"k": ks, "recall": [float(np.mean(ranks <= k)) for k in ks]})
+
+
+def summarize(
+    similarity: npt.ArrayLike,
+    dxa_subjects: Sequence[str],
+    mr_subjects: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """One-row summary: :data:`SUMMARY_COLUMNS` (recall over queries of both modalities).
+
+    Example:
+        >>> s = summarize([[0.9, 0.2], [0.3, 0.8]], ["a", "b"])
+        >>> s[["recall_at_1", "mean_rank", "roc_auc", "eer"]].values.tolist()
+        [[1.0, 1.0, 1.0, 0.0]]
+    """
+    table = match_table(similarity, dxa_subjects, mr_subjects)
+    genuine, impostor = true_pair_scores(similarity, dxa_subjects, mr_subjects)
+    ranks = table["partner_rank"].to_numpy()
+    row = {
+        "n_subjects": len(genuine),
+        "recall_at_1": float(np.mean(ranks <= 1)),
+        "recall_at_5": float(np.mean(ranks <= 5)),
+        "recall_at_10": float(np.mean(ranks <= 10)),
+        "mean_rank": float(np.mean(ranks)),
+        **verification(genuine, impostor),
+    }
+    return pd.DataFrame([row], columns=list(SUMMARY_COLUMNS))
+
+
+def calibrate_threshold(genuine: npt.ArrayLike, false_alarm_rate: float = 0.01) -> float:
+    """The similarity below which at most ``false_alarm_rate`` of true pairs fall.
+
+    The largest threshold ``t`` among the observed scores with
+    ``mean(genuine < t) <= false_alarm_rate`` (so flagging ``score < t`` raises
+    false alarms on at most that fraction of the calibration pairs).
+
+    Example:
+        >>> calibrate_threshold([0.5, 0.6, 0.7, 0.8], 0.25)  # flags 0.5 only
+        0.6
+        >>> calibrate_threshold([0.5, 0.6, 0.7, 0.8], 0.01)  # flags nothing
+        0.5
+    """
+    g = np.sort(np.asarray(genuine, dtype=float))
+    if g.size == 0:
+        raise ValueError("need at least one true-pair score to calibrate")
+    allowed = int(np.floor(false_alarm_rate * g.size + 1e-9))
+    return float(g[min(allowed, g.size - 1)])
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    """Outcome of :func:`swap_experiment` (means over trials).
+
+    Attributes:
+        n_subjects: Cohort size.
+        n_swaps: Swapped pairs per trial (each swap mislabels two subjects).
+        trials: Random trials.
+        threshold: Similarity threshold used (``None``: best-match rule only).
+        caught: Fraction of mislabelled subjects flagged.
+        false_alarms: Fraction of correctly labelled subjects flagged.
+        caught_best_match: ``caught`` with the best-match rule alone.
+        false_alarms_best_match: ``false_alarms`` with the best-match rule alone.
+        caught_threshold: ``caught`` with the threshold rule alone (``nan`` without one).
+        false_alarms_threshold: ``false_alarms`` with the threshold rule alone.
+    """
+
+    n_subjects: int
+    n_swaps: int
+    trials: int
+    threshold: float | None
+    caught: float
+    false_alarms: float
+    caught_best_match: float
+    false_alarms_best_match: float
+    caught_threshold: float
+    false_alarms_threshold: float
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return dict(self.__dict__)
+
+
+def swap_flags(
+    similarity: FloatArray, claimed: npt.NDArray[np.int_], threshold: float | None
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Flags per claimed pair ``(a, claimed[a])``: best-match rule, threshold rule.
+
+    Best-match rule: the DXA's best MR is not its claimed MR, or the claimed MR's best
+    DXA is not this DXA. Threshold rule: the claimed pair's similarity is below
+    ``threshold``.
+    """
+    n = len(claimed)
+    rows = np.arange(n)
+    pair_scores = similarity[rows, claimed]
+    best_mr = np.argmax(similarity, axis=1)
+    best_dxa = np.argmax(similarity, axis=0)
+    best_match = (best_mr != claimed) | (best_dxa[claimed] != rows)
+    by_threshold = pair_scores < threshold if threshold is not None else np.zeros(n, dtype=bool)
+    return best_match, by_threshold
+
+
+def swap_experiment(
+    similarity: npt.ArrayLike,
+    subjects: Sequence[str],
+    n_swaps: int,
+    *,
+    threshold: float | None = None,
+    trials: int = 100,
+    seed: int = 0,
+) -> SwapResult:
+    """Inject ``n_swaps`` subject swaps into a cohort and measure how many are caught.
+
+    In each trial, ``n_swaps`` disjoint subject pairs ``(i, j)`` exchange their MR scans
+    (the cohort now claims DXA ``i`` with MR ``j`` and DXA ``j`` with MR ``i``). Each
+    claimed pair is flagged by the best-match rule and/or by the threshold rule (see
+    :func:`swap_flags`); a subject is flagged when either rule fires.
+
+    Args:
+        similarity: ``(N, N)`` similarities with true pairs on the diagonal.
+        subjects: The N subject ids (rows and columns).
+        n_swaps: Swapped pairs per trial (``2 * n_swaps <= N``).
+        threshold: From :func:`calibrate_threshold` on true pairs of a calibration
+            cohort; ``None`` uses the best-match rule alone.
+        trials: Random trials to average over.
+        seed: Seed of the trial generator.
+
+    Example:
+        >>> s = np.eye(4) * 0.5 + 0.4  # true pairs 0.9, impostors 0.4
+        >>> r = swap_experiment(s, list("abcd"), 1, threshold=0.6, trials=5)
+        >>> r.caught, r.false_alarms
+        (1.0, 0.0)
+    """
+    s, dxa, _ = _check(similarity, subjects, None)
+    n = len(dxa)
+    if not 1 <= 2 * n_swaps <= n:
+        raise ValueError(f"cannot make {n_swaps} disjoint swaps among {n} subjects")
+    rng = np.random.default_rng(seed)
+    totals = np.zeros((3, 2))  # rows: either, best match, threshold; cols: caught, false alarm
+    for _ in range(trials):
+        chosen = rng.permutation(n)[: 2 * n_swaps]
+        claimed = np.arange(n)
+        claimed[chosen[0::2]], claimed[chosen[1::2]] = chosen[1::2], chosen[0::2]
+        swapped = claimed != np.arange(n)
+        best, low = swap_flags(s, claimed, threshold)
+        for k, flags in enumerate((best | low, best, low)):
+            totals[k] += (
+                flags[swapped].mean(),
+                flags[~swapped].mean() if (~swapped).any() else 0.0,
+            )
+    means = totals / trials
+    has_threshold = threshold is not None
+    return SwapResult(
+        n_subjects=n,
+        n_swaps=n_swaps,
+        trials=trials,
+        threshold=threshold,
+        caught=float(means[0, 0]),
+        false_alarms=float(means[0, 1]),
+        caught_best_match=float(means[1, 0]),
+        false_alarms_best_match=float(means[1, 1]),
+        caught_threshold=float(means[2, 0]) if has_threshold else float("nan"),
+        false_alarms_threshold=float(means[2, 1]) if has_threshold else float("nan"),
+    )
+
+
+def figure_png(
+    curves: dict[str, tuple[pd.DataFrame, pd.DataFrame]], *, title: str = "Subject matching"
+) -> bytes:
+    """ROC and recall@K curves side by side, as PNG bytes.
+
+    Args:
+        curves: Label -> ``(roc_curve(...), recall_curve(...))`` (one line per label).
+        title: Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_roc, ax_rec) = plt.subplots(1, 2, figsize=(9, 4))
+    for label, (roc, recall) in curves.items():
+        ax_roc.plot(roc["fpr"], roc["tpr"], label=label)
+        ax_rec.plot(recall["k"], recall["recall"], marker=".", label=label)
+    ax_roc.plot([0, 1], [0, 1], color="0.7", linestyle=":")
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    ax_rec.set(xlabel="K", ylabel="recall@K", title="Retrieval", ylim=(0, 1.02))
+    ax_roc.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,462 @@
+"""Train the contrastive dual encoder: ``mmreg train contrastive BIDS_DIR --out MODEL.pt``.
+
+Training (Windsor et al. 2021): each batch holds B subjects' DXA and MR images; every
+DXA is compared with every MR (dense: the best shift of the MR map over the DXA map,
+:func:`~mmreg.methods.contrastive.losses.dense_similarity`; global: cosine of pooled
+vectors), and the symmetric InfoNCE loss (temperature 0.01) pulls each subject's two
+scans together and pushes the other subjects' apart. No alignment and no labels are
+needed: the subject identity is the only supervision.
+
+A fraction of the subjects is held out; after each epoch their full similarity matrix
+gives the validation InfoNCE and recall@1, and the epoch with the best validation
+(highest recall@1, then lowest loss) is saved. On the CPU, with a seed, training is
+deterministic.
+
+Example (tiny, from in-memory images):
+    >>> from mmreg.methods.contrastive.data import ChannelImage
+    >>> rng = np.random.default_rng(0)
+    >>> pairs = [PairImages(f"s{i}", ChannelImage(rng.random((2, 32, 24)), np.eye(4)),
+    ...                     ChannelImage(rng.random((2, 24, 16)), np.eye(4))) for i in range(4)]
+    >>> settings = ContrastiveTrainSettings(epochs=1, batch_size=2, widths=(4, 8), embed_dim=8,
+    ...                                     spacing_mm=1.0, val_fraction=0.5)
+    >>> model, summary = fit_contrastive(pairs, settings, progress=False)
+    >>> summary["n_train"], summary["n_val"]
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from mmreg.errors import InputError
+from mmreg.methods.contrastive.augment import AugmentSettings, augment
+from mmreg.methods.contrastive.data import ChannelImage, covering_shape, load_channels
+from mmreg.methods.contrastive.features import canvas, check_channels, prepare
+from mmreg.methods.contrastive.losses import dense_similarity, global_similarity, info_nce
+from mmreg.methods.contrastive.model import ContrastiveConfig, DualEncoder, cell_mask
+from mmreg.models import save_checkpoint
+
+__all__ = [
+    "ContrastiveTrainSettings",
+    "PairImages",
+    "batch_similarity",
+    "deterministic",
+    "fit_contrastive",
+    "read_pairs",
+    "split_subjects",
+    "train_contrastive",
+]
+
+LOG = logging.getLogger("mmreg.train.contrastive")
+
+
+@dataclass(frozen=True)
+class PairImages:
+    """One subject's DXA and MR images (channels first, any grid)."""
+
+    subject: str
+    dxa: ChannelImage
+    mr: ChannelImage
+
+
+@dataclass(frozen=True)
+class ContrastiveTrainSettings:
+    """Settings of ``mmreg train contrastive`` (each field is a ``--option``)."""
+
+    fixed_modality: str = field(
+        default="dxa",
+        metadata={
+            "help": "which image of each training pair is the DXA (the other is the MR slice)",
+            "choices": ("dxa", "mr"),
+        },
+    )
+    pooling: str = field(
+        default="dense",
+        metadata={
+            "help": "dense spatial embeddings (the method) or global pooling (the baseline)",
+            "choices": ("dense", "global"),
+        },
+    )
+    epochs: int = field(default=30, metadata={"help": "passes over the training subjects"})
+    batch_size: int = field(
+        default=16, metadata={"help": "subjects per batch (each batch's others are negatives)"}
+    )
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    temperature: float = field(default=0.01, metadata={"help": "InfoNCE temperature"})
+    spacing_mm: float = field(
+        default=4.4, metadata={"help": "pixel size (mm) of the grid the encoders read"}
+    )
+    embed_dim: int = field(default=128, metadata={"help": "embedding channels"})
+    norm: str = field(
+        default="batch",
+        metadata={"help": "normalisation layers", "choices": ("batch", "group", "none")},
+    )
+    max_shift_mm: float = field(
+        default=250.0,
+        metadata={
+            "help": "shift prior: only shifts that keep the image centres within this "
+            "distance (mm, per axis) count (0: any shift)"
+        },
+    )
+    shared_levels: int = field(
+        default=3,
+        metadata={"help": "deepest encoder levels whose convolutions DXA and MR share"},
+    )
+    softness: float = field(
+        default=0.02,
+        metadata={
+            "help": "initial softness of the maximum over shifts, decaying linearly to the "
+            "paper's hard maximum by the last step (0: hard throughout)"
+        },
+    )
+    max_shift_px: int = field(
+        default=5, metadata={"help": "augmentation: largest shift in working-grid pixels"}
+    )
+    brightness: float = field(default=0.2, metadata={"help": "augmentation: gain range"})
+    contrast: float = field(default=0.2, metadata={"help": "augmentation: contrast range"})
+    val_fraction: float = field(
+        default=0.15, metadata={"help": "fraction of subjects held out for validation"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, split and batches"})
+    # Structured or architectural fields (kept at their defaults on the CLI).
+    widths: tuple[int, ...] = (16, 32, 64, 96)
+    convs_per_level: int = field(default=2, metadata={"help": "3x3 convolutions per level"})
+
+    def __post_init__(self) -> None:
+        if self.fixed_modality not in ("dxa", "mr"):
+            raise ValueError("fixed_modality must be dxa or mr")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(
+                "need epochs >= 1 and batch_size >= 2 (negatives come from the batch)"
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError("val_fraction must be in [0, 1)")
+        if not self.learning_rate > 0:
+            raise ValueError("learning_rate must be positive")
+
+    def model_config(self, dxa_channels: int, mr_channels: int) -> ContrastiveConfig:
+        """The architecture these settings train."""
+        return ContrastiveConfig(
+            dxa_channels=dxa_channels,
+            mr_channels=mr_channels,
+            widths=self.widths,
+            convs_per_level=self.convs_per_level,
+            embed_dim=self.embed_dim,
+            norm=self.norm,
+            pooling=self.pooling,
+            spacing_mm=self.spacing_mm,
+            temperature=self.temperature,
+            max_shift_mm=self.max_shift_mm,
+            shared_levels=self.shared_levels,
+        )
+
+    @property
+    def augmentation(self) -> AugmentSettings:
+        return AugmentSettings(self.max_shift_px, self.brightness, self.contrast)
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def read_pairs(
+    pairs: Sequence[Mapping[str, Any]], *, fixed_modality: str = "dxa"
+) -> list[PairImages]:
+    """Load ``mmreg train`` pair records (``fixed``/``moving`` paths) as channel images.
+
+    Records of one subject after the first are skipped (one positive pair per subject:
+    two pairs of one subject in a batch would be each other's false negatives).
+
+    Raises:
+        InputError: For unreadable images, or when no pair is left.
+    """
+    out: list[PairImages] = []
+    seen: set[str] = set()
+    for record in pairs:
+        subject = str(record["subject"])
+        if record.get("session"):
+            subject = f"{subject}_ses-{record['session']}"
+        if subject in seen:
+            LOG.warning("sub-%s: more than one pair; only the first is used", subject)
+            continue
+        seen.add(subject)
+        fixed = load_channels(record["fixed"])
+        moving = load_channels(record["moving"])
+        dxa, mr = (fixed, moving) if fixed_modality == "dxa" else (moving, fixed)
+        out.append(PairImages(subject, dxa, mr))
+    if not out:
+        raise InputError("no training pair")
+    return out
+
+
+def split_subjects(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/validation index split (at least 2 each when asked for).
+
+    Example:
+        >>> split_subjects(10, 0.2, 0)[1].__len__()
+        2
+    """
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    n_val = 0 if val_fraction <= 0 else max(2, round(val_fraction * n))
+    if n - n_val < 2:
+        n_val = 0
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+@dataclass
+class _Canvases:
+    """All subjects on common working-grid canvases (so batches stack)."""
+
+    dxa: torch.Tensor  # (N, C, H, W)
+    dxa_mask: torch.Tensor  # (N, 1, H, W)
+    mr: torch.Tensor
+    mr_mask: torch.Tensor
+
+
+def _canvases(pairs: Sequence[PairImages], config: ContrastiveConfig) -> _Canvases:
+    s, k = config.spacing_mm, config.stride
+    # Room for the augmentation shifts is not needed: shifted-out pixels are simply lost.
+    shape_d = tuple(np.max([covering_shape(p.dxa, s, multiple=k) for p in pairs], axis=0))
+    shape_m = tuple(np.max([covering_shape(p.mr, s, multiple=k) for p in pairs], axis=0))
+    arrays: dict[str, list[npt.NDArray[np.float32]]] = {"d": [], "dm": [], "m": [], "mm": []}
+    for p in pairs:
+        d, dm, _ = canvas(prepare(p.dxa), s, shape_d)  # type: ignore[arg-type]
+        m, mm, _ = canvas(prepare(p.mr), s, shape_m)  # type: ignore[arg-type]
+        arrays["d"].append(d)
+        arrays["dm"].append(dm)
+        arrays["m"].append(m)
+        arrays["mm"].append(mm)
+    t = {key: torch.from_numpy(np.stack(v)) for key, v in arrays.items()}
+    return _Canvases(t["d"], t["dm"], t["m"], t["mm"])
+
+
+def batch_similarity(
+    model: DualEncoder,
+    dxa: torch.Tensor,
+    dxa_mask: torch.Tensor,
+    mr: torch.Tensor,
+    mr_mask: torch.Tensor,
+    *,
+    softness: float = 0.0,
+) -> torch.Tensor:
+    """``(A, B)`` similarities of a DXA batch and an MR batch (canvases with footprint masks).
+
+    Dense: embedding cells outside an image's footprint are zeroed (DXA) or masked out
+    (MR), so only image content is compared and the MR normalisation counts only its
+    own cells; shifts are limited by the model's ``max_shift_mm`` prior (canvases are
+    centred on their images). Global: cosine similarity of the pooled embeddings.
+    """
+    fd, fm = model(dxa, mr, dxa_mask, mr_mask)
+    if model.config.pooling == "global":
+        return global_similarity(fd, fm)
+    stride = model.config.stride
+    fd = fd * cell_mask(dxa_mask, stride)
+    return dense_similarity(
+        fd,
+        fm,
+        cell_mask(mr_mask, stride),
+        max_shift=model.config.max_shift_cells,
+        softness=softness,
+    )
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+@contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """Seed torch and ask for deterministic kernels for the duration of the block."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@torch.no_grad()
+def _evaluate(
+    model: DualEncoder, data: _Canvases, index: list[int], device: str, chunk: int = 16
+) -> dict[str, float]:
+    """Validation InfoNCE and recall@1 (both directions) over the whole held-out set."""
+    model.eval()
+    rows = []
+    for start in range(0, len(index), chunk):
+        a = index[start : start + chunk]
+        cols = []
+        for start_b in range(0, len(index), chunk):
+            b = index[start_b : start_b + chunk]
+            cols.append(
+                batch_similarity(
+                    model,
+                    data.dxa[a].to(device),
+                    data.dxa_mask[a].to(device),
+                    data.mr[b].to(device),
+                    data.mr_mask[b].to(device),
+                ).cpu()
+            )
+        rows.append(torch.cat(cols, dim=1))
+    sim = torch.cat(rows, dim=0)
+    loss = info_nce(sim, temperature=model.config.temperature).item()
+    target = torch.arange(len(index))
+    recall = 0.5 * (
+        (sim.argmax(dim=1) == target).float().mean() + (sim.argmax(dim=0) == target).float().mean()
+    )
+    return {"val_loss": float(loss), "val_recall_at_1": float(recall)}
+
+
+def fit_contrastive(
+    pairs: Sequence[PairImages],
+    settings: ContrastiveTrainSettings,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[DualEncoder, dict[str, Any]]:
+    """Train a dual encoder on in-memory pairs; return the best-validation model and a summary.
+
+    Args:
+        pairs: One :class:`PairImages` per subject (at least 2 for training).
+        settings: Hyperparameters.
+        device: ``cpu`` or ``cuda``.
+        progress: Show a tqdm bar over epochs.
+        on_epoch: Called with each epoch's record (loss, validation metrics).
+
+    Returns:
+        The model (eval mode, on the CPU) and a summary: sizes, best epoch, history.
+    """
+    from tqdm.auto import tqdm
+
+    if len(pairs) < 2:
+        raise InputError("contrastive training needs at least 2 subjects")
+    config = settings.model_config(pairs[0].dxa.channels, pairs[0].mr.channels)
+    train_idx, val_idx = split_subjects(len(pairs), settings.val_fraction, settings.seed)
+    start = time.perf_counter()
+    with deterministic(settings.seed):
+        model = DualEncoder(config)
+        for p in pairs:
+            check_channels(model, p.dxa, "dxa")
+            check_channels(model, p.mr, "mr")
+        data = _canvases(pairs, config)
+        model.to(device)
+        optimiser = torch.optim.AdamW(
+            model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
+        batch = min(settings.batch_size, len(train_idx))
+        steps_per_epoch = max(1, len(train_idx) // batch)
+        total = settings.epochs * steps_per_epoch
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        )
+        generator = torch.Generator().manual_seed(settings.seed)
+        history: list[dict[str, float]] = []
+        best: tuple[float, float] = (-1.0, math.inf)
+        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        best_epoch = 0
+        bar = tqdm(range(1, settings.epochs + 1), desc="contrastive", disable=not progress)
+        for epoch in bar:
+            model.train()
+            order = torch.randperm(len(train_idx), generator=generator).tolist()
+            losses = []
+            for step in range(steps_per_epoch):
+                idx = [train_idx[k] for k in order[step * batch : (step + 1) * batch]]
+                dxa, dxa_mask = augment(
+                    data.dxa[idx], data.dxa_mask[idx], settings.augmentation, generator
+                )
+                mr, mr_mask = augment(
+                    data.mr[idx], data.mr_mask[idx], settings.augmentation, generator
+                )
+                sim = batch_similarity(
+                    model,
+                    dxa.to(device),
+                    dxa_mask.to(device),
+                    mr.to(device),
+                    mr_mask.to(device),
+                    softness=settings.softness * (1.0 - schedule.last_epoch / total),
+                )
+                loss = info_nce(sim, temperature=config.temperature)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                losses.append(float(loss.detach()))
+            record = {"epoch": float(epoch), "train_loss": float(np.mean(losses))}
+            if val_idx:
+                record.update(_evaluate(model, data, val_idx, device))
+                score = (record["val_recall_at_1"], -record["val_loss"])
+            else:
+                score = (0.0, -record["train_loss"])
+            if score > (best[0], -best[1]):
+                best = (score[0], -score[1])
+                best_epoch = epoch
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            history.append(record)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k != "epoch"})
+            LOG.info("epoch %d: %s", epoch, record)
+            if on_epoch is not None:
+                on_epoch(record)
+    model.load_state_dict(best_state)
+    model.to("cpu").eval()
+    summary = {
+        "n_subjects": len(pairs),
+        "n_train": len(train_idx),
+        "n_val": len(val_idx),
+        "val_subjects": [pairs[i].subject for i in val_idx],
+        "best_epoch": best_epoch,
+        "history": history,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "device": device,
+        "settings": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()
+        },
+    }
+    return model, summary
+
+
+def train_contrastive(
+    pairs: Sequence[Mapping[str, Any]],
+    *,
+    out: Path,
+    settings: ContrastiveTrainSettings,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """``mmreg train contrastive``: train on BIDS pair records and write the checkpoint.
+
+    Args:
+        pairs: ``mmreg train`` pair records (``subject``, ``fixed``, ``moving`` paths...).
+        out: The ``.pt`` file to write (with a ``.sha256`` sidecar).
+        settings: Hyperparameters (:class:`ContrastiveTrainSettings`).
+        device: ``cpu`` or ``cuda``.
+        progress: Show a progress bar.
+
+    Returns:
+        ``out``.
+    """
+    images = read_pairs(pairs, fixed_modality=settings.fixed_modality)
+    model, summary = fit_contrastive(images, settings, device=device, progress=progress)
+    save_contrastive(out, model, summary)
+    return Path(out)
+
+
+def save_contrastive(out: Path, model: DualEncoder, summary: Mapping[str, Any]) -> str:
+    """Write a ``contrastive`` checkpoint of ``model`` with the training summary as metadata."""
+    return save_checkpoint(
+        out,
+        method="contrastive",
+        config={"model": model.config.to_dict()},
+        state_dict=model.state_dict(),
+        metadata={"training": dict(summary)},
+    )

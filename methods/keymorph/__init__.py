@@ -1,0 +1,1 @@
+"""KeyMorph: learned keypoints with closed-form affine and thin-plate-spline fits."""
