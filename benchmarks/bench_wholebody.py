@@ -257,6 +257,7 @@ def matching(
     *,
     n_swaps: int,
     label: str = "dense",
+    angles: tuple[float, ...] = (0.0,),
 ) -> dict[str, Any]:
     """Retrieval, verification and swap detection with one contrastive model."""
     from mmreg.methods.contrastive import matching as mt
@@ -270,6 +271,7 @@ def matching(
             model,
             [prepare(as_channels(p.dxa)) for p in cohort],
             [prepare(as_channels(p.mr)) for p in cohort],
+            angles=angles,
         )
 
     subjects = [p.subject for p in pairs]
@@ -315,7 +317,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     keypoints.to_csv(out / "keypoints.csv", index=False)
     table = table1(keypoints)
     table.to_csv(out / "table1.csv", index=False, float_format="%.4f")
-    results = [matching(pairs, calibration, models.get("contrastive"), out, n_swaps=args.swaps)]
+    angles = tuple(float(a) for a in args.match_angles.split(","))
+    results = [
+        matching(
+            pairs, calibration, models.get("contrastive"), out, n_swaps=args.swaps, angles=angles
+        )
+    ]
     if args.global_model:
         results.append(
             matching(
@@ -428,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--methods", default=DEFAULT_METHODS)
     run.add_argument("--fixed", choices=("dxa", "mr"), default="dxa")
     run.add_argument("--swaps", type=int, default=5, help="swapped pairs per trial")
+    run.add_argument(
+        "--match-angles", default="0", help="MR rotations (deg) searched for matching, e.g. -4,0,4"
+    )
     run.add_argument("--contrastive-model", default=None, help="default: shipped weights")
     run.add_argument("--refine-model", default=None, help="default: shipped weights")
     run.add_argument("--global-model", default=None, help="a pooling=global model to compare")

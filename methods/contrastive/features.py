@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,12 +217,16 @@ def similarity_matrix(
     *,
     device: str = "cpu",
     chunk: int = 8,
+    angles: Sequence[float] = (0.0,),
 ) -> npt.NDArray[np.float64]:
     """``(A, B)`` similarities of prepared DXA and MR images (dense: best shift; global: cosine).
 
     Each image is encoded once on its own covering grid; dense maps are then zero-padded
-    to common sizes (DXA cells outside the image are zero, MR padding is masked out), so
-    the result equals the pairwise :func:`~mmreg.methods.contrastive.losses.dense_similarity`.
+    evenly to common sizes (DXA cells outside the image are zero, MR padding is masked
+    out), so the result equals the pairwise
+    :func:`~mmreg.methods.contrastive.losses.dense_similarity` under the model's shift
+    prior. With several ``angles`` (dense only), each MR is also encoded on working grids
+    rotated by them and the best angle counts (the paper slides over shifts only: ``(0,)``).
     """
     from mmreg.methods.contrastive.losses import dense_similarity
 
@@ -238,23 +243,28 @@ def similarity_matrix(
             vectors[name] = torch.stack(out)
         return (vectors["dxa"] @ vectors["mr"].T).double().numpy()
     dxa = [encode(model, img, "dxa", device=device) for img in dxa_images]
-    mr = [encode(model, img, "mr", device=device) for img in mr_images]
-    fd, _ = _stack(dxa)
-    fm, mm = _stack(mr)
-    fd = fd * _stack_masks(dxa)
-    rows = []
-    for a in range(0, len(dxa), chunk):
-        cols = [
-            dense_similarity(
-                fd[a : a + chunk],
-                fm[b : b + chunk],
-                mm[b : b + chunk],
-                max_shift=model.config.max_shift_cells,
-            )
-            for b in range(0, len(mr), chunk)
-        ]
-        rows.append(torch.cat(cols, dim=1))
-    return torch.cat(rows, dim=0).double().numpy()
+    fd, masks = _stack(dxa)
+    fd = fd * masks
+    best: torch.Tensor | None = None
+    for angle in angles:
+        mr = [encode(model, img, "mr", angle_deg=float(angle), device=device) for img in mr_images]
+        fm, mm = _stack(mr)
+        rows = []
+        for a in range(0, len(dxa), chunk):
+            cols = [
+                dense_similarity(
+                    fd[a : a + chunk],
+                    fm[b : b + chunk],
+                    mm[b : b + chunk],
+                    max_shift=model.config.max_shift_cells,
+                )
+                for b in range(0, len(mr), chunk)
+            ]
+            rows.append(torch.cat(cols, dim=1))
+        sim = torch.cat(rows, dim=0)
+        best = sim if best is None else torch.maximum(best, sim)
+    assert best is not None
+    return best.double().numpy()
 
 
 def _stack(maps: list[FeatureMap]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,7 +281,3 @@ def _stack(maps: list[FeatureMap]) -> tuple[torch.Tensor, torch.Tensor]:
         :, None
     ]
     return values, masks
-
-
-def _stack_masks(maps: list[FeatureMap]) -> torch.Tensor:
-    return _stack(maps)[1]

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 import torch
+from scipy import ndimage
 
 from mmreg.errors import InputError, UsageError
 from mmreg.imaging.image import Image
@@ -505,10 +506,14 @@ def pull_back(
         return moving
     if initial.is_linear:
         return ChannelImage(moving.data, np.linalg.inv(initial.as_affine()) @ moving.affine)
+    # Deformable: pull the moving channels through it onto the fixed grid.
+    ij = np.indices(fixed.shape, dtype=np.float64).reshape(2, -1)
+    world = fixed.grid @ np.vstack([ij, np.ones(ij.shape[1])])
+    points = np.c_[world[:2].T, np.zeros(ij.shape[1])]
+    mapped = initial.map_points(points)[:, :2]
+    voxel = np.linalg.solve(moving.grid, np.vstack([mapped.T, np.ones(len(mapped))]))[:2]
     channels = [
-        initial.apply(
-            Image(c, moving.affine), Image(np.zeros(fixed.shape, np.float32), fixed.affine)
-        ).data
+        ndimage.map_coordinates(c, voxel, order=1, mode="constant").reshape(fixed.shape)
         for c in moving.data
     ]
     return ChannelImage(np.stack(channels), fixed.affine)

@@ -59,7 +59,10 @@ class AugmentSettings:
         large_rotation_prob: Share of non-upright views with a large rotation.
         full_rotation_prob: Share of non-upright views rotated uniformly over all
             orientations (the rest get small rotations).
-        log_scale: Half-range of the per-axis log scale.
+        log_scale: Half-range of the per-axis log scale of the view (a scale above 1
+            shows more of the world per voxel: a smaller head).
+        log_scale_bias: Centre of that range: the phantom's MNI-sized brains are
+            5-10% larger than native brains, so views shrink them a little on average.
         shear: Half-range of the shear terms.
         shift_mm: Standard deviation of the grid centre's offset from the subject's
             centre, per axis.
@@ -87,7 +90,8 @@ class AugmentSettings:
     large_rotation_deg: float = 70.0
     large_rotation_prob: float = 0.5
     full_rotation_prob: float = 0.1
-    log_scale: float = 0.1
+    log_scale: float = 0.11
+    log_scale_bias: float = 0.05
     shear: float = 0.05
     shift_mm: float = 6.0
     far_shift_mm: float = 45.0
@@ -154,7 +158,11 @@ def random_linear(
         rot = random_rotation(rng, ndim, small)
     else:
         rot = random_rotation(rng, ndim, small + (large - small) * difficulty)
-    scale = np.diag(np.exp(rng.uniform(-settings.log_scale, settings.log_scale, ndim)))
+    lo, hi = (
+        settings.log_scale_bias - settings.log_scale,
+        settings.log_scale_bias + settings.log_scale,
+    )
+    scale = np.diag(np.exp(rng.uniform(lo, hi, ndim)))
     shear = np.eye(ndim) + np.triu(rng.uniform(-settings.shear, settings.shear, (ndim, ndim)), 1)
     return rot @ scale @ shear
 

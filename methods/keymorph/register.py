@@ -2,32 +2,35 @@
 
 How one pair is registered (world coordinates RAS mm throughout):
 
-1. **Fixed keypoints.** The fixed image is resampled onto the detector's input
-   grid (a cube of ``input_mm`` centred on its foreground centroid), the detector
-   finds ``N`` keypoints; the cube is re-centred on the keypoints' centroid (the
-   brain, not a neck that pulls the foreground centroid down) and the keypoints
-   are detected again.
-2. **Coarse moving keypoints.** The same on the moving image, independently, in
-   whatever pose it is: the detector was trained on all orientations.
-3. **Fit.** A robust (Tukey-reweighted) least-squares fit of the fixed keypoints to
-   the moving ones gives the first fixed->moving map.
-4. **Refinement** (``passes`` times). The moving image is resampled through the
-   current map onto the fixed image's input grid -- so it looks nearly upright and
-   sits where the fixed image sits, where the detector is most accurate -- its
-   keypoints are detected there, carried into moving space by the current map,
-   and the map is fitted again from the original fixed keypoints.
-5. **Result.** ``keymorph-rigid``/``-affine``: the final rigid/affine fit;
+1. **Keypoints of each image.** Each image is resampled onto the detector's input
+   grid (a cube of ``input_mm`` centred on its foreground centroid) and the
+   detector finds ``N`` keypoints; the cube is re-centred on the keypoints'
+   centroid (the brain, not a neck that pulls the foreground centroid down) and the
+   keypoints are detected again. A robust (Tukey-reweighted) rigid fit of the fixed
+   keypoints to the moving ones is the first candidate transform.
+2. **Search.** Further candidates: the 24 rotations of a cube about the two
+   keypoint centroids (every pose is within 63 degrees of one of them, and the
+   detector is trained to 70 degrees), and the ``initial`` transform when it
+   carries an orientation. For each, the moving image is resampled through it onto
+   the fixed image's grid, its keypoints are detected there, carried back into
+   moving space, and the rigid fit is redone. The candidates are ranked by the
+   normalised mutual information of the two images under their fits (contrast
+   independent, and robust where keypoint residuals are too noisy to rank poses).
+3. **Refinement** of the best ``keep`` candidates, ``passes`` times: resample the
+   moving image through the current map (so it looks upright and sits where the
+   fixed image sits, where the detector is most accurate), detect, carry back, fit
+   again from the original fixed keypoints (rigid in early passes, the method's
+   own model in the last). The candidate with the highest final agreement wins.
+4. **Result.** ``keymorph-rigid``/``-affine``: the final rigid/affine fit;
    ``keymorph-tps``: a thin-plate spline through the inlier keypoints with
    smoothing ``lambda`` (in units of the input cube's half-side, as in KeyMorph's
    ``[-1, 1]`` coordinates), returned as a displacement field on the fixed grid
-   followed by the spline's affine part (so points outside the field still move
-   affinely).
+   (every other voxel) followed by the spline's affine part, so points outside the
+   field still move affinely.
 
-When an ``initial`` transform is given (a pre-alignment, or a previous chain step),
-refinement also runs from it, and the start whose final fit leaves the smaller
-median keypoint residual wins. Either way the result is the full fixed->moving
-map. Inference is deterministic (no sampling); ``threads`` sets torch's threads for
-the call.
+The result is always the full fixed->moving map. ``passes=0`` keeps only the first
+candidate (the detector alone, no search). Inference is deterministic; ``threads``
+sets torch's threads for the call.
 """
 
 from __future__ import annotations
@@ -60,7 +63,13 @@ from mmreg.methods.keymorph.solvers import fit_affine, fit_rigid, fit_tps, irls
 from mmreg.methods.keymorph.train import FAMILY, load_detector
 from mmreg.methods.registry import register_factory
 
-__all__ = ["KINDS", "KeyMorphMethod", "KeyMorphOptions", "make_method"]
+__all__ = [
+    "KINDS",
+    "KeyMorphMethod",
+    "KeyMorphOptions",
+    "make_method",
+    "normalized_mutual_information",
+]
 
 #: Method kinds -> CLI names.
 KINDS = {"rigid": "keymorph-rigid", "affine": "keymorph-affine", "tps": "keymorph-tps"}
@@ -244,6 +253,17 @@ class KeyMorphMethod(BaseMethod):
             centres = [world.mean(0) for world in worlds]
         return out
 
+    @staticmethod
+    def _agreement(
+        reference: torch.Tensor, moving: Image, grid: Any, transform: Transform, device: str
+    ) -> float:
+        """Normalised mutual information of the fixed grid image and the moving image
+        pulled through ``transform`` (see :func:`normalized_mutual_information`)."""
+        pulled = normalize_input(
+            sample_image(moving, grid, transform, device=device, smooth=False)
+        )
+        return normalized_mutual_information(reference, pulled)
+
     # ---- fitting
 
     def _score(
@@ -283,19 +303,29 @@ class KeyMorphMethod(BaseMethod):
         moving: Image,
         grid: Any,
         kp_fixed: npt.NDArray[np.float64],
-        starts: Mapping[str, Transform],
+        starts: Mapping[str, tuple[_Fit, float]],
+        reference: torch.Tensor,
         device: str,
-    ) -> dict[str, _Fit]:
-        """``passes`` refinement passes from each start (batched across starts)."""
+    ) -> dict[str, tuple[_Fit, float]]:
+        """``passes`` refinement passes from each start (batched across starts).
+
+        ``starts`` maps a label to its fit and agreement; each start keeps its best
+        fit by agreement over the passes, so a pass that drifts (keypoints biased by
+        an unfamiliar contrast) cannot make the result worse.
+        """
         fit_kind = "rigid" if self.kind == "rigid" else "affine"
-        current = dict(starts)
-        fits: dict[str, _Fit] = {}
+        best = dict(starts)
+        current = {k: f.transform for k, (f, _) in starts.items()}
         for p in range(self.options.passes):
             # Early passes rigid: while the map is still off, rotation matters most.
             kind = "rigid" if p < self.options.passes - 1 else fit_kind
             fits = self._score(model, moving, grid, kp_fixed, current, kind, device)
+            for label, fit in fits.items():
+                value = self._agreement(reference, moving, grid, fit.transform, device)
+                if value >= best[label][1]:
+                    best[label] = (fit, value)
             current = {k: f.transform for k, f in fits.items()}
-        return fits
+        return best
 
     def _tps(
         self,
@@ -410,11 +440,34 @@ class KeyMorphMethod(BaseMethod):
                     starts[f"rotation{k:02d}"] = Transform.from_affine(m, ndim=nd)
             scored = self._score(model, moving_s, grid, kp_fixed, starts, "rigid", device)
             scores = {k: f.residual for k, f in scored.items()}
-            best = sorted(scored, key=lambda k: scored[k].residual)[: self.options.keep]
-            fits = self._refine(
-                model, moving_s, grid, kp_fixed, {k: scored[k].transform for k in best}, device
+            # Rank the starts by how well the images agree under their keypoint fits
+            # (normalised mutual information on the detector's grid): keypoints found on
+            # a contrast or an anatomy unlike the training data can be consistent enough
+            # to align, yet too noisy for their residuals to tell the right pose apart.
+            reference = normalize_input(sample_image(fixed_s, grid, None, smooth=False))
+            agreement = {
+                k: self._agreement(reference, moving_s, grid, f.transform, device)
+                for k, f in scored.items()
+            }
+            best = sorted(scored, key=lambda k: -agreement[k])[: self.options.keep]
+            refined = self._refine(
+                model,
+                moving_s,
+                grid,
+                kp_fixed,
+                {k: (scored[k], agreement[k]) for k in best},
+                reference,
+                device,
             )
-        chosen = min(fits, key=lambda k: fits[k].residual)
+            fits = {k: f for k, (f, _) in refined.items()}
+            refined_agreement = {k: v for k, (_, v) in refined.items()}
+        else:
+            agreement = refined_agreement = {}
+        chosen = (
+            max(fits, key=lambda k: refined_agreement[k])
+            if refined_agreement
+            else min(fits, key=lambda k: fits[k].residual)
+        )
         fit = fits[chosen]
         transform = fit.transform
         extras: dict[str, Any] = {
@@ -426,7 +479,9 @@ class KeyMorphMethod(BaseMethod):
             "passes": self.options.passes,
             "start": chosen,
             "start_residuals_mm": {k: round(v, 4) for k, v in sorted(scores.items())},
+            "start_nmi": {k: round(v, 5) for k, v in sorted(agreement.items())},
             "refined_residuals_mm": {k: round(f.residual, 4) for k, f in fits.items()},
+            "refined_nmi": {k: round(v, 5) for k, v in refined_agreement.items()},
             "keypoint_residual_mm": round(fit.residual, 4),
             "inlier_fraction": round(float(np.mean(fit.weights > 0)), 4),
         }
@@ -467,6 +522,33 @@ def _search_rotations(ndim: int) -> list[npt.NDArray[np.float64]]:
             if np.linalg.det(r) > 0:
                 out.append(r)
     return out
+
+
+def normalized_mutual_information(a: torch.Tensor, b: torch.Tensor, *, bins: int = 32) -> float:
+    """``(H(A) + H(B)) / H(A, B)`` of two images in [0, 1] over voxels where either is
+    above the background (1 for independent images, 2 for identical ones).
+
+    Example:
+        >>> x = torch.linspace(0, 1, 1000)
+        >>> round(normalized_mutual_information(x, 1 - x), 3)
+        2.0
+    """
+    a, b = a.reshape(-1), b.reshape(-1)
+    keep = (a > 0.02) | (b > 0.02)
+    if int(keep.sum()) < 10:
+        return 1.0
+    ia = (a[keep] * (bins - 1)).round().long().clamp(0, bins - 1)
+    ib = (b[keep] * (bins - 1)).round().long().clamp(0, bins - 1)
+    joint = torch.bincount(ia * bins + ib, minlength=bins * bins).double()
+    joint = joint / joint.sum()
+    pa, pb = joint.reshape(bins, bins).sum(1), joint.reshape(bins, bins).sum(0)
+
+    def entropy(p: torch.Tensor) -> float:
+        p = p[p > 0]
+        return float(-(p * p.log()).sum())
+
+    h_joint = entropy(joint)
+    return (entropy(pa) + entropy(pb)) / h_joint if h_joint > 0 else 2.0
 
 
 def _coarse_grid(grid: Grid, stride: int) -> Grid:

@@ -519,13 +519,26 @@ def train_from_pairs(
     """``mmreg train keymorph`` entry point: BIDS pair records -> checkpoint file."""
     subjects = subjects_from_pairs(pairs)
     bids = sorted({str(p.get("bids_dir")) for p in pairs if p.get("bids_dir")})
+    data: dict[str, Any] = {"bids_dirs": bids, "n_pairs": len(pairs)}
+    # Generated datasets (mmreg's demo) list each subject's generator seed: keep them, so
+    # the training data can be told apart from (and regenerated for) any test data.
+    seeds = {}
+    for folder in bids:
+        table = Path(folder) / "participants.tsv"
+        if table.is_file():
+            with open(table, newline="") as fh:
+                for row in csv.DictReader(fh, delimiter="\t"):
+                    if row.get("seed"):
+                        seeds[row["participant_id"]] = int(row["seed"])
+    if seeds:
+        data["subject_seeds"] = seeds
     return train_keymorph(
         subjects,
         out=out,
         settings=settings,
         device=device,
         progress=progress,
-        metadata={"training_data": {"bids_dirs": bids, "n_pairs": len(pairs)}},
+        metadata={"training_data": data},
     )
 
 

@@ -155,3 +155,28 @@ def test_channel_mismatch_is_an_input_error(shared_encoder_model) -> None:
 def test_rigid_helper_matches_truth_convention() -> None:
     pair = same_modality_pair(6, angle=3.0, shift=(1.0, 2.0))
     assert pair.error(rigid(3.0, (1.0, 2.0))) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_pull_back_deformable_initial_matches_linear() -> None:
+    from mmreg.imaging.image import Grid
+    from mmreg.methods.contrastive.data import ChannelImage
+    from mmreg.methods.contrastive.register import pull_back
+
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 1.0, 1.0])
+    moving = ChannelImage(rng.random((2, 20, 24)), affine)
+    fixed = ChannelImage(np.zeros((1, 20, 24)), affine)
+    shift = np.eye(4)
+    shift[:2, 3] = [3.0, -2.0]
+    linear = Transform.from_affine(shift, ndim=2)
+    # The same shift as a constant displacement field.
+    grid = Grid((20, 24), affine)
+    field = np.zeros((20, 24, 3))
+    field[..., :2] = [3.0, -2.0]
+    deformable = Transform.from_field(grid, field)
+    a = pull_back(moving, linear, fixed)
+    b = pull_back(moving, deformable, fixed)
+    from mmreg.methods.contrastive.data import sample, working_grid
+
+    resampled = sample(a, working_grid(fixed.centre, fixed.shape, 2.0), fixed.shape)
+    np.testing.assert_allclose(b.data[:, 3:-3, 3:-3], resampled[:, 3:-3, 3:-3], atol=1e-5)

@@ -108,3 +108,25 @@ def test_train_contrastive_from_records_writes_a_loadable_checkpoint(tmp_path, t
     model, _ = load_model(out)
     sim = similarity_matrix(model, [p.dxa for p in images], [p.mr for p in images])
     assert sim.shape == (4, 4)
+
+
+def test_similarity_matrix_equals_pairwise_similarities(toy_images) -> None:
+    from mmreg.methods.contrastive.features import encode, prepare
+    from mmreg.methods.contrastive.losses import dense_similarity
+    from mmreg.methods.contrastive.model import ContrastiveConfig, DualEncoder
+
+    torch.manual_seed(0)
+    model = DualEncoder(ContrastiveConfig(widths=(4, 8), embed_dim=8, spacing_mm=8.0)).eval()
+    dxas = [prepare(p.dxa) for p in toy_images[:3]]
+    mrs = [prepare(p.mr) for p in toy_images[:3]]
+    sim = similarity_matrix(model, dxas, mrs)
+    for a, dxa in enumerate(dxas):
+        fd = encode(model, dxa, "dxa")
+        masked = fd.values * torch.from_numpy(fd.mask.astype(np.float32))
+        for b, mr in enumerate(mrs):
+            fm = encode(model, mr, "mr")
+            mask = torch.from_numpy(fm.mask.astype(np.float32))[None, None]
+            expected = dense_similarity(masked[None], fm.values[None], mask)
+            assert sim[a, b] == pytest.approx(float(expected), abs=1e-5)
+    rotated = similarity_matrix(model, dxas, mrs, angles=(-4.0, 0.0, 4.0))
+    assert (rotated >= sim - 1e-6).all()

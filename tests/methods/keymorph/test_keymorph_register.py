@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmreg.errors import InputError, UsageError
-from mmreg.imaging.image import Image
+from mmreg.imaging.image import Grid, Image
 from mmreg.imaging.transform import AffineStep, FieldStep, Transform
 from mmreg.methods import get_method, model_family
 from mmreg.methods.keymorph import register as km
@@ -96,10 +96,18 @@ def _oracle(monkeypatch: pytest.MonkeyPatch, fixed: Image, truth: np.ndarray, nd
     monkeypatch.setattr(km.KeyMorphMethod, "_detect", detect)
 
 
+def _moved(fixed: Image, truth: np.ndarray) -> Image:
+    """A second contrast of ``fixed`` seen through ``truth``: moving(truth(x)) ~ f(fixed(x))."""
+    contrast = Image(1.0 - fixed.data * (fixed.data > 0), fixed.affine)
+    inverse = Transform.from_affine(np.linalg.inv(truth), ndim=fixed.ndim)
+    return inverse.apply(contrast, Grid(fixed.shape, fixed.affine.copy()))
+
+
 @pytest.mark.parametrize("kind", ["rigid", "affine", "tps"])
 def test_oracle_keypoints_give_the_true_transform_3d(monkeypatch, tiny_model, images, kind):
-    fixed, moving = images
+    fixed, _ = images
     truth = rigid_matrix(150.0, 40.0, (6.0, -4.0, 3.0))
+    moving = _moved(fixed, truth)
     _oracle(monkeypatch, fixed, truth, 3)
     method = km.make_method(kind, model=tiny_model)
     result = method.register(fixed, moving)
@@ -128,12 +136,13 @@ def test_oracle_2d_and_an_initial_transform_is_considered(monkeypatch, tmp_path)
     truth = rigid_matrix(-120.0, 0.0, (5.0, 2.0))
     _oracle(monkeypatch, fixed, truth, 2)
     initial = Transform.from_affine(rigid_matrix(-100.0, 0.0, (0.0, 0.0)), ndim=2)
-    moving = Image(fixed.data.copy(), affine.copy())  # the oracle tells them apart by affine
+    moving = _moved(fixed, truth)  # a new affine object: the oracle tells them apart
     result = km.make_method("affine", model=model).register(fixed, moving, initial=initial)
     assert np.allclose(result.transform.as_affine(), truth, atol=1e-6)
     starts = result.extras["start_residuals_mm"]
     assert {"keypoints", "initial"} <= set(starts) and len(starts) == 2 + 8  # 8 2D rotations
     assert len(result.extras["refined_residuals_mm"]) == 2
+    assert len(result.extras["start_nmi"]) == 10
 
 
 def test_contract_with_a_real_tiny_model(tiny_model, images):
@@ -205,6 +214,14 @@ def test_search_rotations_cover_all_poses():
         angles = [np.degrees(np.arccos(np.clip((np.trace(r.T @ q) - 1) / 2, -1, 1))) for r in rots]
         assert min(angles) <= 62.9
     assert len(km._search_rotations(2)) == 8
+
+
+def test_normalized_mutual_information_by_hand():
+    a = torch.tensor([0.0, 0.0, 1.0, 1.0]).repeat(4)
+    # Two equally likely joint states, each image 1 bit: (1 + 1) / 1.
+    assert km.normalized_mutual_information(a, 1.0 - a) == pytest.approx(2.0)
+    b = torch.tensor([0.0, 1.0, 0.0, 1.0]).repeat(4)  # independent of a: (1 + 1) / 2
+    assert km.normalized_mutual_information(a + 0.5, b + 0.5) == pytest.approx(1.0)
 
 
 def test_search_and_keep_parameters():
