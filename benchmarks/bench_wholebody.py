@@ -50,13 +50,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmreg.bids_app.landmark_groups import LANDMARK_GROUPS
 from mmreg.imaging.image import Image
 
-LANDMARK_GROUPS: dict[str, tuple[str, ...]] = {
-    "HJ": ("femoral_head_left", "femoral_head_right"),
-    "S1": ("s1",),
-    "SJ": ("humeral_head_left", "humeral_head_right"),
-}
 DEFAULT_METHODS = (
     "identity,sitk-rigid,ants-rigid,contrastive-dense,contrastive-salient,contrastive-refine"
 )
@@ -147,11 +143,11 @@ def load_cohort(
 
 
 def scalar(image: Image) -> Image:
-    """Mean of the per-channel normalised channels, as a 2D image (for MI baselines)."""
-    from mmreg.methods.contrastive.data import normalise_channels
+    """Mean of the per-channel normalised channels, as a 2D image (what the pipeline's
+    classical methods register, :func:`mmreg.imaging.planar.channel_mean`)."""
+    from mmreg.imaging.planar import channel_mean
 
-    channels = normalise_channels(np.moveaxis(image.data, -1, 0))
-    return Image(channels.mean(axis=0).astype(np.float32), image.affine)
+    return Image(channel_mean(image.data), image.affine)
 
 
 def best_rigid(pair: WholeBodyPair) -> np.ndarray:

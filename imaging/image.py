@@ -79,6 +79,10 @@ class Image:
 
     data: npt.NDArray
     affine: Matrix4 = field(default_factory=lambda: np.eye(4))
+    #: Co-registered channels of a 2D image, ``(X, Y, C)`` on its grid (e.g. DXA bone and
+    #: tissue, Dixon fat and water): what multi-channel methods read; ``data`` is the
+    #: scalar image everything else reads.
+    channels: npt.NDArray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64))
@@ -86,6 +90,12 @@ class Image:
             raise ValueError(f"Image data must be 2D or 3D, got shape {self.data.shape}")
         if self.affine.shape != (4, 4):
             raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
+        if self.channels is not None and (
+            self.data.ndim != 2 or self.channels.shape[:2] != self.data.shape
+        ):
+            raise ValueError(
+                f"channels {self.channels.shape} must be (X, Y, C) on a 2D grid {self.data.shape}"
+            )
 
     @property
     def ndim(self) -> int:

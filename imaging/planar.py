@@ -7,28 +7,47 @@ world ``(x, y, 0) = (MR x, MR z, 0)``; the transform a method returns is a 2D on
 the DXA and that slice, and the evaluation measures there too: 3D label maps are sampled on
 the same surface, 3D landmarks keep their left-right and superior-inferior coordinates.
 
-Dixon channels are found next to the given file: ``..._rec-fat_...`` brings its
+Channels are found next to the given files: ``..._rec-fat_...`` brings its
 ``..._rec-water_...`` sibling (and the other way round), since the spine is found from
-both. The slice of the given file's own channel is the image that is registered.
+both; a DXA's ``rec-bone`` brings its ``rec-tissue`` sibling. Both sides then carry
+their channels (:attr:`~mmreg.imaging.image.Image.channels`, own channel first) for
+methods that read them (the contrastive encoders), and :func:`channel_mean` makes
+the scalar image the other methods register: the mean of the robustly normalised
+channels (bone + soft tissue, fat + water: the whole body, as mutual information
+needs, not just its bones or its fat).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from mmreg.imaging.groundtruth import GroundTruth, Landmarks
 from mmreg.imaging.image import Image, load_image
+from mmreg.imaging.preprocess import normalise_channels
 from mmreg.imaging.slice_synthesis import CoronalSlice, synthesize_coronal_slice
 
-__all__ = ["PlanarPair", "dixon_channels", "make_planar", "project_ground_truth"]
+__all__ = [
+    "PlanarPair",
+    "channel_mean",
+    "channel_siblings",
+    "dixon_channels",
+    "make_planar",
+    "project_ground_truth",
+]
 
 #: Dixon reconstructions, as the ``rec`` entity names them, in the slicer's roles.
 DIXON_ROLES = ("fat", "water")
 _REC = re.compile(r"_rec-(fat|water)(?=_)")
+#: ``rec`` labels whose sibling file is another channel of the same acquisition.
+SIBLINGS = {"fat": "water", "water": "fat", "bone": "tissue", "tissue": "bone"}
+_REC_ANY = re.compile(r"_rec-(fat|water|bone|tissue)(?=_)")
+LOG = logging.getLogger("mmreg.planar")
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,53 @@ class PlanarPair:
     moving: Image
     sliced: str | None = None
     coronal: CoronalSlice | None = None
+
+
+def channel_siblings(path: str | Path) -> list[Path]:
+    """The file and its channel sibling on disk (see :data:`SIBLINGS`), own file first.
+
+    Example:
+        >>> channel_siblings("/nonexistent/sub-01_rec-bone_DXA.nii.gz")[0].name
+        'sub-01_rec-bone_DXA.nii.gz'
+    """
+    path = Path(path)
+    match = _REC_ANY.search(path.name)
+    if not match:
+        return [path]
+    sibling = path.with_name(
+        _REC_ANY.sub(f"_rec-{SIBLINGS[match.group(1)]}", path.name, count=1)
+    )
+    return [path, sibling] if sibling.is_file() else [path]
+
+
+def channel_mean(channels: npt.NDArray) -> npt.NDArray[np.float32]:
+    """Mean of the channels of ``(X, Y, C)`` after mapping each robustly to [0, 1]
+    (:func:`~mmreg.imaging.preprocess.normalise_channels`; their units differ).
+
+    Example:
+        >>> x = np.stack([np.arange(4.0).reshape(2, 2), 10 * np.arange(4.0).reshape(2, 2)], -1)
+        >>> channel_mean(x).round(3).tolist()
+        [[0.0, 0.0], [0.5, 1.0]]
+    """
+    return normalise_channels(np.moveaxis(channels, -1, 0)).mean(axis=0).astype(np.float32)
+
+
+def _with_channels(image: Image, channels: list[Image]) -> Image:
+    """``image`` as the mean of its channels, carrying them (own channel first)."""
+    stack = np.stack([np.asarray(c.data, np.float32) for c in channels], axis=-1)
+    return Image(channel_mean(stack), image.affine, channels=stack)
+
+
+def _planar_channels(path: str | Path, image: Image) -> Image:
+    """A 2D image with its sibling channels (only siblings on the same grid)."""
+    channels = [image]
+    for sibling in channel_siblings(path)[1:]:
+        other = load_image(sibling)
+        if other.shape != image.shape or not np.allclose(other.affine, image.affine, atol=1e-3):
+            LOG.warning("%s: not on the grid of %s; channel ignored", sibling.name, Path(path).name)
+            continue
+        channels.append(other)
+    return _with_channels(image, channels) if len(channels) > 1 else image
 
 
 def dixon_channels(path: str | Path) -> tuple[list[Path], tuple[str, ...] | None]:
@@ -73,6 +139,8 @@ def _slice(path: str | Path, image: Image) -> tuple[Image, CoronalSlice]:
     if roles is None:
         roles = ("",)
     coronal = synthesize_coronal_slice(channels, roles=roles)
+    if len(coronal.images) > 1:
+        return _with_channels(coronal.images[0], list(coronal.images)), coronal
     return coronal.images[0], coronal
 
 
@@ -84,9 +152,9 @@ def make_planar(
         return PlanarPair(fixed, moving)
     if fixed.ndim == 3:
         sliced, coronal = _slice(fixed_path, fixed)
-        return PlanarPair(sliced, moving, "fixed", coronal)
+        return PlanarPair(sliced, _planar_channels(moving_path, moving), "fixed", coronal)
     sliced, coronal = _slice(moving_path, moving)
-    return PlanarPair(fixed, sliced, "moving", coronal)
+    return PlanarPair(_planar_channels(fixed_path, fixed), sliced, "moving", coronal)
 
 
 def _project(landmarks: Landmarks) -> Landmarks:

@@ -374,6 +374,33 @@ def _best_rotation(fixed: _Moments, moving: _Moments) -> npt.NDArray[np.float64]
     return min(near, key=_rotation_angle)
 
 
+def normalise_channels(
+    data: npt.NDArray[np.floating], *, lower: float = 0.5, upper: float = 99.5
+) -> npt.NDArray[np.float32]:
+    """Map each channel ``(C, ...)`` robustly to [0, 1], as the pipeline's normalisation.
+
+    ``clip((x - p_lower) / (p_upper - p_lower), 0, 1)`` with the percentiles of the
+    values above the channel's minimum (a large empty background does not pull the
+    lower percentile down). Applied to an already normalised image it changes little,
+    so training (raw files) and registration (preprocessed images) see the same ranges.
+
+    Example:
+        >>> normalise_channels(np.array([[0.0, 1.0, 2.0, 4.0]]), lower=0, upper=100).tolist()
+        [[0.0, 0.0, 0.3333333432674408, 1.0]]
+    """
+    out = np.zeros(data.shape, dtype=np.float32)
+    for c, channel in enumerate(np.asarray(data, dtype=np.float64)):
+        values = channel[channel > channel.min()]
+        if values.size == 0:
+            continue
+        lo, hi = np.percentile(values, [lower, upper])
+        if hi <= lo:
+            lo, hi = float(channel.min()), float(values.max())
+        if hi > lo:
+            out[c] = np.clip((channel - lo) / (hi - lo), 0.0, 1.0)
+    return out
+
+
 def prealign(fixed: Image, moving: Image, mode: str = "com") -> Matrix4:
     """Initial fixed->moving world map (4x4, RAS mm) from image moments.
 

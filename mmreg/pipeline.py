@@ -73,12 +73,24 @@ def load_pair(fixed_path: str, moving_path: str, *, coronal_slice: bool = False)
     return make_planar(fixed_path, moving_path, fixed, moving)
 
 
+def _preprocess_channels(image: Image, options: PreprocessOptions) -> Image:
+    """:func:`preprocess`, also applied to each of the image's channels (if any)."""
+    out = preprocess(image, options)
+    if image.channels is None:
+        return out
+    channels = [
+        preprocess(Image(image.channels[..., c], image.affine), options).data
+        for c in range(image.channels.shape[-1])
+    ]
+    return Image(out.data, out.affine, channels=np.stack(channels, axis=-1))
+
+
 def prepare(fixed_path: str, moving_path: str, options: PreprocessOptions) -> PreparedPair:
     """Validate and preprocess both images and compute the pre-alignment."""
     planar = load_pair(fixed_path, moving_path, coronal_slice=options.coronal_slice)
     fixed, moving = planar.fixed, planar.moving
-    fixed_pre = preprocess(fixed, options)
-    moving_pre = preprocess(moving, options)
+    fixed_pre = _preprocess_channels(fixed, options)
+    moving_pre = _preprocess_channels(moving, options)
     initial = Transform.from_affine(
         prealign(fixed_pre, moving_pre, options.prealign), ndim=fixed.ndim
     )
@@ -131,6 +143,8 @@ def evaluate(
     fixed, moving = planar.fixed, planar.moving
     ground_truth = project_ground_truth(ground_truth, planar)
     t0 = time.perf_counter()
+    if moving.channels is not None:  # the warped output is the given file's own channel
+        moving = Image(moving.channels[..., 0], moving.affine)
     warped = transform.apply(moving, fixed.grid, interpolation="linear")
     identity = Transform.identity(ndim=fixed.ndim)
     row: dict[str, float] = {}

@@ -39,9 +39,12 @@ Because ``R`` turns about the anterior-posterior axis, the projection along it
 commutes with the pose: DXA and MR slice are related by the exact 2D rigid map
 ``(x, y) -> [[c, s], [-s, c]] (x, y) + T`` (:attr:`WholeBodySubject.dxa_to_mr_slice`),
 for the trunk. The limbs break it on purpose: each arm and leg turns by a few
-degrees about its humeral or femoral head between the scans. The five
-landmarks (femoral and humeral head centres, S1) are those rotation centres
-or on the trunk, so the rigid map carries them exactly.
+degrees about its humeral or femoral head between the scans, and each shoulder
+sits a few millimetres higher or lower and further in or out (patients shrug
+differently on the two tables). The femoral heads and S1 are on the rigid trunk,
+so the map carries them exactly; the humeral heads move with the shoulders, so
+no rigid map fits all five landmarks and the best possible rigid error is not
+zero, as with real scans.
 
 Only NumPy and SciPy are used; nothing here depends on a registration engine.
 """
@@ -193,6 +196,8 @@ class WholeBodySettings:
             along each axis.
         max_limb_deg: Largest change of each arm's and leg's abduction between
             the DXA and the MR.
+        max_shoulder_mm: Largest change of each shoulder's (humeral head's)
+            height between the DXA and the MR; half of it left-right.
         spine_curvature: Scale of the sagittal spine curvature (lordosis,
             kyphosis); 0 gives a spine straight in the sagittal plane.
         coronal_curvature: Scale of the coronal curvature (scoliosis); 0: none.
@@ -213,6 +218,7 @@ class WholeBodySettings:
     large_rotations: bool = False
     max_translation_mm: float = 20.0
     max_limb_deg: float = 4.0
+    max_shoulder_mm: float = 10.0
     spine_curvature: float = 1.0
     coronal_curvature: float = 1.0
     spine: bool = True
@@ -852,7 +858,9 @@ class _Body:
             env, limb_bones = self._leg(side, pose[f"leg_{name}"])
             envelopes.extend(env)
             bones.extend(limb_bones)
-            env, limb_bones = self._arm(side, pose[f"arm_{name}"], pose[f"elbow_{name}"])
+            env, limb_bones = self._arm(
+                side, pose[f"arm_{name}"], pose[f"elbow_{name}"], self.shoulder(side, pose)
+            )
             envelopes.extend(env)
             bones.extend(limb_bones)
         return _Scene(
@@ -1117,8 +1125,21 @@ class _Body:
         ]
         return envelopes, bones
 
+    def shoulder(self, side: float, pose: dict[str, float]) -> npt.NDArray[np.float64]:
+        """Humeral head centre in one pose (``side`` +1 right, -1 left)."""
+        name = "right" if side > 0 else "left"
+        return _p(
+            side * (self.sh_x + pose.get(f"shoulder_{name}_x_mm", 0.0)),
+            self.y_arm,
+            self.z_sh + pose.get(f"shoulder_{name}_z_mm", 0.0),
+        )
+
     def _arm(
-        self, side: float, abduct_deg: float, elbow_deg: float
+        self,
+        side: float,
+        abduct_deg: float,
+        elbow_deg: float,
+        sh: npt.NDArray[np.float64],
     ) -> tuple[list[_Envelope], list[_Bone]]:
         h, s, w = self.anat.height, self.s, self.w
         a1 = math.radians(abduct_deg)
@@ -1127,7 +1148,6 @@ class _Body:
         lat = _p(side * math.cos(a1), 0.0, math.sin(a1))
         down2 = _p(side * math.sin(a2), 0.0, -math.cos(a2))
         lat2 = _p(side * math.cos(a2), 0.0, math.sin(a2))
-        sh = _p(side * self.sh_x, self.y_arm, self.z_sh)
         elbow = sh + 0.172 * h * down
         wrist = elbow + 0.150 * h * down2
         hand_c = wrist + 0.055 * h * down2
@@ -1490,7 +1510,7 @@ def _draw_anatomy(rng: np.random.Generator, settings: WholeBodySettings) -> _Ana
 
 
 def _draw_poses(
-    rng: np.random.Generator, settings: WholeBodySettings
+    rng: np.random.Generator, settings: WholeBodySettings, shoulder_rng: np.random.Generator
 ) -> tuple[dict[str, float], dict[str, float]]:
     dxa: dict[str, float] = {}
     for side in ("right", "left"):
@@ -1501,6 +1521,10 @@ def _draw_poses(
     mr = {
         k: v + float(rng.uniform(-m, m) * (0.5 if "elbow" in k else 1.0)) for k, v in dxa.items()
     }
+    s = settings.max_shoulder_mm
+    for side in ("right", "left"):
+        mr[f"shoulder_{side}_z_mm"] = float(shoulder_rng.uniform(-s, s))
+        mr[f"shoulder_{side}_x_mm"] = float(shoulder_rng.uniform(-0.5 * s, 0.5 * s))
     return dxa, mr
 
 
@@ -1525,7 +1549,8 @@ def generate_wholebody_subject(
     rng = np.random.default_rng(seed)
     anat = _draw_anatomy(rng, settings)
     body = _Body(anat, settings)
-    pose_dxa, pose_mr = _draw_poses(rng, settings)
+    # The shoulders draw from their own stream, so every other draw of a seed is as before.
+    pose_dxa, pose_mr = _draw_poses(rng, settings, np.random.default_rng([seed, 1]))
     h = anat.height
 
     # DXA: the body centred in the field of view, give or take a little.
@@ -1575,15 +1600,20 @@ def generate_wholebody_subject(
     def to_mr(points: np.ndarray) -> np.ndarray:
         return (np.atleast_2d(points) - mr_centre) @ rot.T + shift
 
-    lm_body = {
-        "femoral_head_left": _p(-body.hip_x, body.y_hip, body.z_hip),
-        "femoral_head_right": _p(body.hip_x, body.y_hip, body.z_hip),
-        "humeral_head_left": _p(-body.sh_x, body.y_arm, body.z_sh),
-        "humeral_head_right": _p(body.sh_x, body.y_arm, body.z_sh),
-        "s1": body.s1,
+    def body_landmarks(pose: dict[str, float]) -> dict[str, npt.NDArray[np.float64]]:
+        return {
+            "femoral_head_left": _p(-body.hip_x, body.y_hip, body.z_hip),
+            "femoral_head_right": _p(body.hip_x, body.y_hip, body.z_hip),
+            "humeral_head_left": body.shoulder(-1.0, pose),
+            "humeral_head_right": body.shoulder(1.0, pose),
+            "s1": body.s1,
+        }
+
+    lm_dxa = {
+        k: _p(v[0] - dxa_origin[0], v[2] - dxa_origin[2], 0.0)
+        for k, v in body_landmarks(pose_dxa).items()
     }
-    lm_dxa = {k: _p(v[0] - dxa_origin[0], v[2] - dxa_origin[2], 0.0) for k, v in lm_body.items()}
-    lm_mr = {k: to_mr(v)[0] for k, v in lm_body.items()}
+    lm_mr = {k: to_mr(v)[0] for k, v in body_landmarks(pose_mr).items()}
 
     # DXA 3D frame (D.x, B.y, D.z) -> MR world, and its 2D (coronal) part.
     dxa_to_mr = np.eye(4)

@@ -34,6 +34,7 @@ from scipy import ndimage
 
 from mmreg.errors import InputError
 from mmreg.imaging.image import Image, load_image
+from mmreg.imaging.preprocess import normalise_channels
 
 __all__ = [
     "MAX_CHANNELS",
@@ -160,33 +161,6 @@ def load_channels(path: str | Path | Sequence[str | Path]) -> ChannelImage:
     if not np.all(np.isfinite(data)) or float(data.max()) == float(data.min()):
         raise InputError(f"{path.name}: non-finite or constant data")
     return ChannelImage(np.moveaxis(data, 2, 0), np.asarray(img.affine, dtype=np.float64))
-
-
-def normalise_channels(
-    data: npt.NDArray[np.floating], *, lower: float = 0.5, upper: float = 99.5
-) -> npt.NDArray[np.float32]:
-    """Map each channel ``(C, ...)`` robustly to [0, 1], as the pipeline's normalisation.
-
-    ``clip((x - p_lower) / (p_upper - p_lower), 0, 1)`` with the percentiles of the
-    values above the channel's minimum (a large empty background does not pull the
-    lower percentile down). Applied to an already normalised image it changes little,
-    so training (raw files) and registration (preprocessed images) see the same ranges.
-
-    Example:
-        >>> normalise_channels(np.array([[0.0, 1.0, 2.0, 4.0]]), lower=0, upper=100).tolist()
-        [[0.0, 0.0, 0.3333333432674408, 1.0]]
-    """
-    out = np.zeros(data.shape, dtype=np.float32)
-    for c, channel in enumerate(np.asarray(data, dtype=np.float64)):
-        values = channel[channel > channel.min()]
-        if values.size == 0:
-            continue
-        lo, hi = np.percentile(values, [lower, upper])
-        if hi <= lo:
-            lo, hi = float(channel.min()), float(values.max())
-        if hi > lo:
-            out[c] = np.clip((channel - lo) / (hi - lo), 0.0, 1.0)
-    return out
 
 
 def rigid_matrix(angle_deg: float, translation: npt.ArrayLike = (0.0, 0.0)) -> Matrix3:

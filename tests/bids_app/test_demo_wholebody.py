@@ -113,7 +113,10 @@ def test_true_transform_maps_dxa_landmarks_onto_the_slice(demo: Path) -> None:
         mr = read_landmarks(anat / f"{sub}_space-{MR_SLICE_SPACE}_desc-landmarks.tsv")
         pts = np.array([dxa[n] for n in LANDMARK_NAMES])
         want = np.array([mr[n] for n in LANDMARK_NAMES])
-        np.testing.assert_allclose(xfm.map_points(pts), want, atol=1e-3)
+        # Exact on the trunk; the humeral heads move with the shoulders between scans.
+        trunk = [i for i, n in enumerate(LANDMARK_NAMES) if not n.startswith("humeral")]
+        np.testing.assert_allclose(xfm.map_points(pts)[trunk], want[trunk], atol=1e-3)
+        assert np.max(np.linalg.norm(xfm.map_points(pts) - want, axis=1)) < 15.0
         assert np.max(np.linalg.norm(pts - want, axis=1)) > 30.0  # not the identity
         meta = json.loads((anat / f"{stem}.json").read_text())
         np.testing.assert_allclose(np.asarray(meta["Matrix"]), xfm.as_affine(), atol=1e-6)

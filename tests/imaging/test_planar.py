@@ -69,7 +69,9 @@ def test_the_true_transform_scores_perfectly_on_the_slice(wholebody):
     true = Transform.read(f["truth"], ndim=2)
     warped, row = evaluate(str(f["dxa"]), str(f["fat"]), true, truth, coronal_slice=True)
     assert warped.ndim == 2
-    assert row["tre_mean_mm"] < 1.5  # the slice is sampled on a 2.2 mm grid
+    # The slice is sampled on a 2.2 mm grid; the humeral heads (2 of 5 landmarks) also
+    # move with the shoulders between the scans (at most hypot(10, 5) mm each).
+    assert row["tre_mean_mm"] < 1.5 + 2 * np.hypot(10.0, 5.0) / 5
     assert row["initial_tre_mean_mm"] > 5 * row["tre_mean_mm"]
     assert row["dice_mean"] > 0.75 > row["initial_dice_mean"]
     assert np.isfinite(row["hd95_mean_mm"])

@@ -153,7 +153,15 @@ def test_true_transform_is_the_coronal_rigid_pose(subject: WholeBodySubject) -> 
     np.testing.assert_array_equal(m[2], [0, 0, 1, 0])
     dxa = np.array([subject.landmarks_dxa[n] for n in LANDMARK_NAMES])
     mr = np.array([subject.landmarks_mr_slice[n] for n in LANDMARK_NAMES])
-    np.testing.assert_allclose(subject.dxa_to_mr_slice_points(dxa), mr, atol=1e-9)
+    # The trunk's landmarks follow the rigid map exactly; the humeral heads move with
+    # the shoulders, by at most the shoulder shift (height, and half of it sideways).
+    err = subject.dxa_to_mr_slice_points(dxa) - mr
+    trunk = [i for i, n in enumerate(LANDMARK_NAMES) if not n.startswith("humeral")]
+    arms = [i for i, n in enumerate(LANDMARK_NAMES) if n.startswith("humeral")]
+    np.testing.assert_allclose(err[trunk], 0.0, atol=1e-9)
+    bound = np.hypot(SMALL.max_shoulder_mm, 0.5 * SMALL.max_shoulder_mm)
+    assert np.all(np.linalg.norm(err[arms], axis=1) <= bound + 1e-9)
+    assert np.linalg.norm(err[arms], axis=1).max() > 0.5  # not rigid: best rigid error > 0
     # The 3D map carries the DXA frame into the MR world; its coronal part is the 2D map.
     m3 = subject.dxa_to_mr
     np.testing.assert_allclose(m3[np.ix_([0, 2], [0, 2])], rot)
