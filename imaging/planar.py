@@ -78,9 +78,7 @@ def channel_siblings(path: str | Path) -> list[Path]:
     match = _REC_ANY.search(path.name)
     if not match:
         return [path]
-    sibling = path.with_name(
-        _REC_ANY.sub(f"_rec-{SIBLINGS[match.group(1)]}", path.name, count=1)
-    )
+    sibling = path.with_name(_REC_ANY.sub(f"_rec-{SIBLINGS[match.group(1)]}", path.name, count=1))
     return [path, sibling] if sibling.is_file() else [path]
 
 
@@ -108,7 +106,9 @@ def _planar_channels(path: str | Path, image: Image) -> Image:
     for sibling in channel_siblings(path)[1:]:
         other = load_image(sibling)
         if other.shape != image.shape or not np.allclose(other.affine, image.affine, atol=1e-3):
-            LOG.warning("%s: not on the grid of %s; channel ignored", sibling.name, Path(path).name)
+            LOG.warning(
+                "%s: not on the grid of %s; channel ignored", sibling.name, Path(path).name
+            )
             continue
         channels.append(other)
     return _with_channels(image, channels) if len(channels) > 1 else image

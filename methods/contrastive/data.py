@@ -100,7 +100,9 @@ class ChannelImage:
 
 
 def as_channels(image: Image | Sequence[Image]) -> ChannelImage:
-    """A channel image from an ``(X, Y, C)`` image, a 2D image, or 2D images on one grid.
+    """A channel image from an ``(X, Y, C)`` image, a 2D image (its
+    :attr:`~mmreg.imaging.image.Image.channels` when it carries them), or 2D images on
+    one grid.
 
     Raises:
         InputError: For a 3D volume (more than :data:`MAX_CHANNELS` entries along its
@@ -112,7 +114,8 @@ def as_channels(image: Image | Sequence[Image]) -> ChannelImage:
         (2, 8, 9)
     """
     if isinstance(image, Image):
-        data = np.asarray(image.data, dtype=np.float32)
+        source = image.data if image.channels is None else image.channels
+        data = np.asarray(source, dtype=np.float32)
         if data.ndim == 2:
             return ChannelImage(data[None], image.affine)
         if data.shape[2] > MAX_CHANNELS:

@@ -490,10 +490,7 @@ def oriented_pair(
 
 
 def channel_image(image: Image) -> ChannelImage:
-    """The method input as a prepared channel image: the image's own channels when it
-    carries them (:attr:`Image.channels`), else the image itself (2D, or channels last)."""
-    if image.channels is not None:
-        image = Image(image.channels, image.affine)
+    """The method input as a prepared channel image (see :func:`as_channels`)."""
     return prepare(as_channels(image))
 
 

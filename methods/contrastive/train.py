@@ -41,7 +41,13 @@ import torch
 
 from mmreg.errors import InputError
 from mmreg.methods.contrastive.augment import AugmentSettings, augment
-from mmreg.methods.contrastive.data import ChannelImage, covering_shape, load_channels
+from mmreg.methods.contrastive.data import (
+    MAX_CHANNELS,
+    ChannelImage,
+    as_channels,
+    covering_shape,
+    load_channels,
+)
 from mmreg.methods.contrastive.features import canvas, check_channels, prepare
 from mmreg.methods.contrastive.losses import dense_similarity, global_similarity, info_nce
 from mmreg.methods.contrastive.model import ContrastiveConfig, DualEncoder, cell_mask
@@ -170,6 +176,28 @@ class ContrastiveTrainSettings:
 # --- data ------------------------------------------------------------------------------------
 
 
+def _load_record(record: Mapping[str, Any]) -> tuple[ChannelImage, ChannelImage]:
+    """Both images of a pair record as the participant level sees them: a 3D MR becomes
+    its mid-coronal slice, and Dixon/DXA channel siblings come along."""
+    import nibabel as nib
+
+    from mmreg.pipeline import load_pair
+
+    paths = [str(record["fixed"]), str(record["moving"])]
+    shapes = [nib.load(p).shape for p in paths]
+    if not any(len(s) == 3 and s[2] > MAX_CHANNELS for s in shapes):
+        # Both 2D (or channels-last files): read as they are, with their siblings.
+        from mmreg.imaging.planar import channel_siblings
+
+        loaded = []
+        for path in paths:
+            siblings = channel_siblings(path)
+            loaded.append(load_channels(siblings if len(siblings) > 1 else path))
+        return loaded[0], loaded[1]
+    planar = load_pair(paths[0], paths[1], coronal_slice=True)
+    return as_channels(planar.fixed), as_channels(planar.moving)
+
+
 def read_pairs(
     pairs: Sequence[Mapping[str, Any]], *, fixed_modality: str = "dxa"
 ) -> list[PairImages]:
@@ -191,8 +219,7 @@ def read_pairs(
             LOG.warning("sub-%s: more than one pair; only the first is used", subject)
             continue
         seen.add(subject)
-        fixed = load_channels(record["fixed"])
-        moving = load_channels(record["moving"])
+        fixed, moving = _load_record(record)
         dxa, mr = (fixed, moving) if fixed_modality == "dxa" else (moving, fixed)
         out.append(PairImages(subject, dxa, mr))
     if not out:
