@@ -178,8 +178,13 @@ def parse_worker_args(items: Sequence[str], worker: str) -> dict[str, str]:
     return parsed
 
 
-def parse_models(items: Sequence[str] | None, methods: Sequence[str]) -> dict[str, str]:
+def parse_models(
+    items: Sequence[str] | None, methods: Sequence[str], *, extra: Sequence[str] = ()
+) -> dict[str, str]:
     """``["keymorph=/w/km.pt"]`` -> ``{"keymorph": "/w/km.pt"}`` (absolute, existing files).
+
+    ``extra`` families are accepted whatever the methods (the group level's subject
+    matching reads ``contrastive`` weights).
 
     Raises:
         UsageError: For an item without ``=``, a family no listed method uses, or a
@@ -189,7 +194,8 @@ def parse_models(items: Sequence[str] | None, methods: Sequence[str]) -> dict[st
         return {}
     from mmreg.methods import model_families
 
-    families = model_families(methods)
+    families = list(model_families(methods))
+    families += [f for f in extra if f not in families]
     parsed: dict[str, str] = {}
     for item in items:
         family, sep, value = item.partition("=")
@@ -319,7 +325,8 @@ def _add_model_option(group: argparse._ArgumentGroup) -> None:
         default=None,
         metavar="FAMILY=PATH",
         help="weights for a learned method family, e.g. keymorph=my_model.pt (from "
-        "'mmreg train'); default: the shipped demo weights",
+        "'mmreg train'); at the group level, contrastive=PATH scores the subject matching; "
+        "default: the shipped demo weights",
     )
 
 
@@ -440,6 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="pair a 2D image (e.g. whole-body DXA) with a 3D one (Dixon MR) by registering "
         "it to the 3D image's mid-coronal slice along the spine (default: off)",
+    )
+
+    grp = parser.add_argument_group("group level")
+    grp.add_argument(
+        "--matching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="match 2D and 3D scans (whole-body DXA and Dixon MR) across subjects with the "
+        "contrastive encoder and flag suspected subject swaps: group/matching.csv, "
+        "group/matching_summary.csv (default: on; skipped without weights)",
     )
 
     parser.add_argument(
@@ -600,7 +617,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         participant_labels=query.normalize_participant_labels(args.participant_label),
         ground_truth=str(ground_truth) if ground_truth else None,
         methods=methods,
-        models=parse_models(args.model, methods),
+        # The group level's subject matching takes contrastive weights whatever the methods.
+        models=parse_models(
+            args.model, methods, extra=("contrastive",) if args.analysis_level == "group" else ()
+        ),
         work_dir=str(work_dir),
         worker=args.worker,
         worker_args=worker_args,
@@ -614,6 +634,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         mask=args.mask,
         coronal_slice=args.coronal_slice,
         max_pairs=args.max_pairs,
+        matching=args.matching,
         verbose=args.verbose,
         **extra,
     )
@@ -650,7 +671,7 @@ def _main_demo(argv: Sequence[str]) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
     methods = parse_methods(args.methods, default=DEMO_METHODS[args.dataset])
-    models = parse_models(args.model, methods)
+    models = parse_models(args.model, methods, extra=("contrastive",))  # the group's matching
     _check_worker(args.worker)
     worker_args = parse_worker_args(args.worker_args, args.worker)
     _check_device(args.device)

@@ -107,6 +107,8 @@ class Config:
         mask: Restrict similarity/normalisation to a foreground mask.
         coronal_slice: Register 2D images (DXA) to a 3D image's mid-coronal slice.
         max_pairs: Register at most this many pairs (``None``: all); for quick looks.
+        matching: Group level: match 2D and 3D scans across subjects (whole-body DXA
+            and MR) with the contrastive encoder and flag suspected subject swaps.
         verbose: Terminal verbosity (0: info, 1: more, 2: debug incl. third-party).
         version: mmreg version that made this config.
         run_id: UTC timestamp id of this run (names the log folder).
@@ -134,6 +136,7 @@ class Config:
     mask: bool = False
     coronal_slice: bool = False
     max_pairs: int | None = None
+    matching: bool = True
     verbose: int = 0
     version: str = mmreg.__version__
     run_id: str = field(default_factory=new_run_id)

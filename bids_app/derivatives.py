@@ -56,7 +56,10 @@ Cross-modality registration results written by mmreg {version}.
   for keypoint methods (KeyMorph), the keypoints found on each image, in that image's
   world coordinates (RAS mm, columns `name, x, y, z`; row k of both files correspond).
 - `sub-<label>/sub-<label>_evaluation.csv`: accuracy and runtime per pair and method.
-- `group/`: all rows, a per-method summary and `report.html`.
+- `group/`: all rows, a per-method summary and `report.html`; with landmarks,
+  `table1.csv` (keypoint transfer error per method and landmark group, in cm); for
+  whole-body DXA/MR runs, `matching.csv` and `matching_summary.csv` (cross-modal
+  subject matching and suspected subject swaps).
 - `logs/<run-id>/`: the configuration and log of every run.
 """
 

@@ -9,6 +9,7 @@ threads. Every public function returns PNG bytes.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import nibabel as nib
@@ -31,7 +32,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Columns that identify a registration pair (one initial value per pair).
 PAIR_KEYS = ("subject", "session", "fixed", "moving")
 
-_INITIAL_COLOUR = "#9e9e9e"
+#: Colour of the values before registration.
+INITIAL_COLOUR = "#9e9e9e"
 _METHOD_COLOURS = (
     "#1f77b4",
     "#ff7f0e",
@@ -44,6 +46,11 @@ _METHOD_COLOURS = (
     "#bcbd22",
     "#7f7f7f",
 )
+
+
+def method_colour(index: int) -> str:
+    """The colour of the ``index``-th method (ten colours, cycling)."""
+    return _METHOD_COLOURS[index % len(_METHOD_COLOURS)]
 
 
 def to_png(fig: Figure, *, dpi: int = DPI, palette: bool = False) -> bytes:
@@ -141,7 +148,7 @@ def boxplot_by_method(
             once = sub_all.drop_duplicates(subset=keys) if keys else sub_all
             values = _finite(once[initial])
             if values.size:
-                groups.append((f"initial{suffix}", values, _INITIAL_COLOUR))
+                groups.append((f"initial{suffix}", values, INITIAL_COLOUR))
         methods = sorted(sub_all["method"].astype(str).unique()) if len(sub_all) else []
         for i, method in enumerate(methods):
             values = (
@@ -149,14 +156,36 @@ def boxplot_by_method(
                 if column in sub_ok.columns
                 else np.empty(0)
             )
-            groups.append((f"{method}{suffix}", values, _METHOD_COLOURS[i % 10]))
+            groups.append((f"{method}{suffix}", values, method_colour(i)))
 
-    width = min(11.0, max(4.0, 1.0 + 0.9 * len(groups)))
+    return boxplot_groups(
+        groups, title=title or column, ylabel=ylabel or column, logscale=logscale, dpi=dpi
+    )
+
+
+def boxplot_groups(
+    groups: Sequence[tuple[str, npt.ArrayLike, str]],
+    *,
+    title: str,
+    ylabel: str,
+    logscale: bool = False,
+    dpi: int = DPI,
+) -> bytes:
+    """Boxes with the individual values jittered on top, one per ``(label, values, colour)``.
+
+    A group without values keeps its place, labelled "(no data)". ``logscale`` is
+    ignored unless all values are positive.
+
+    Returns:
+        PNG bytes. Groups without any finite value give a figure that says so.
+    """
+    finite = [(label, _finite(values), colour) for label, values, colour in groups]
+    width = min(11.0, max(4.0, 1.0 + 0.9 * len(finite)))
     fig = Figure(figsize=(width, 3.4))
     ax = fig.add_subplot(1, 1, 1)
-    ax.set_title(title or column, fontsize=10)
-    ax.set_ylabel(ylabel or column, fontsize=9)
-    if not any(v.size for _, v, _ in groups):
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel, fontsize=9)
+    if not any(v.size for _, v, _ in finite):
         ax.text(
             0.5,
             0.5,
@@ -173,7 +202,7 @@ def boxplot_by_method(
 
     # A fixed seed: the jitter of the points is part of the figure's bytes.
     rng = np.random.default_rng(0)
-    for pos, (_, values, colour) in enumerate(groups, start=1):
+    for pos, (_, values, colour) in enumerate(finite, start=1):
         if not values.size:
             continue
         ax.boxplot(
@@ -191,11 +220,11 @@ def boxplot_by_method(
         ax.scatter(
             pos + jitter, values, s=10, color=colour, edgecolors="none", alpha=0.9, zorder=3
         )
-    labels = [label if values.size else f"{label}\n(no data)" for label, values, _ in groups]
-    ax.set_xticks(range(1, len(groups) + 1))
-    ax.set_xticklabels(labels, fontsize=8, rotation=20 if len(groups) > 5 else 0)
-    ax.set_xlim(0.4, len(groups) + 0.6)
-    everything = np.concatenate([v for _, v, _ in groups if v.size])
+    labels = [label if values.size else f"{label}\n(no data)" for label, values, _ in finite]
+    ax.set_xticks(range(1, len(finite) + 1))
+    ax.set_xticklabels(labels, fontsize=8, rotation=20 if len(finite) > 5 else 0)
+    ax.set_xlim(0.4, len(finite) + 0.6)
+    everything = np.concatenate([v for _, v, _ in finite if v.size])
     if logscale and np.all(everything > 0):
         ax.set_yscale("log")
     ax.grid(axis="y", alpha=0.3)

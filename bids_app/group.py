@@ -2,13 +2,18 @@
 
 Reads ``sub-*/sub-*_evaluation.csv`` under the derivatives folder and writes
 ``group/evaluation.csv`` (all rows), ``group/summary.csv`` (one row per
-fixed/moving pair and method) and ``group/report.html``, each atomically.
+fixed/moving pair and method) and ``group/report.html``, each atomically. Where the
+rows carry per-landmark errors, also ``group/table1.csv`` (keypoint transfer error
+per landmark group, :mod:`~mmreg.bids_app.table1`); for 2D/3D pairs (whole-body DXA
+and MR) with contrastive weights at hand, ``group/matching.csv`` and
+``group/matching_summary.csv`` (subject matching and swap detection,
+:mod:`~mmreg.bids_app.group_matching`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,7 @@ import pandas as pd
 
 from mmreg.atomic import atomic_path
 from mmreg.bids_app.derivatives import order_columns
+from mmreg.bids_app.table1 import keypoint_errors, table1, table1_section
 from mmreg.errors import InputError
 
 LOGGER = logging.getLogger("mmreg.group")
@@ -165,14 +171,49 @@ def write_csv(df: pd.DataFrame, path: Path) -> Path:
     return Path(path)
 
 
+def _matching(
+    df: pd.DataFrame,
+    group_dir: Path,
+    paths: dict[str, Path],
+    bids_dir: Path | None,
+    models: Mapping[str, str],
+    device: str,
+) -> list[tuple[str, str]]:
+    """Subject matching: CSVs into ``paths``, and its report section (none on any failure)."""
+    from mmreg.bids_app.group_matching import (
+        FAMILY,
+        matching_section,
+        run_matching,
+        write_matching,
+    )
+
+    try:
+        result = run_matching(df, bids_dir=bids_dir, model=models.get(FAMILY), device=device)
+        if result is None:
+            return []
+        paths.update(write_matching(result, group_dir))
+        return [("Subject matching and swap detection", matching_section(result))]
+    except Exception as exc:  # an extra analysis: it never costs the group level its tables
+        LOGGER.warning("subject matching failed: %s", " ".join(str(exc).split()))
+        LOGGER.debug("subject matching traceback", exc_info=True)
+        return []
+
+
 def run_group_level(
     output_dir: Path,
     *,
     bids_dir: Path | None = None,
     extra_sections: Sequence[tuple[str, str]] | None = None,
     max_subjects: int | None = DEFAULT_MAX_SUBJECTS,
+    matching: bool = True,
+    models: Mapping[str, str] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Path]:
     """Write ``group/evaluation.csv``, ``group/summary.csv`` and ``group/report.html``.
+
+    Also ``group/table1.csv`` when the rows carry per-landmark errors, and
+    ``group/matching.csv`` / ``group/matching_summary.csv`` when ``matching`` is on
+    and the run paired 2D with 3D images; each adds a report section.
 
     Args:
         output_dir: The derivatives folder holding the participant results.
@@ -182,9 +223,14 @@ def run_group_level(
             the HTML is inserted as is, so it must be trusted and escaped.
         max_subjects: Subjects that get alignment figures (the first ones in
             label order); ``None`` for all.
+        matching: Match 2D and 3D scans across subjects (never fails the level).
+        models: Weights per method family; ``contrastive`` scores the matching
+            (default: the shipped weights; none: matching is skipped).
+        device: ``auto``, ``cpu`` or ``cuda`` for the matching encoder.
 
     Returns:
-        ``{"evaluation": ..., "summary": ..., "report": ...}`` paths.
+        ``{"evaluation": ..., "summary": ..., "report": ...}`` paths, plus
+        ``table1``, ``matching`` and ``matching_summary`` where written.
 
     Raises:
         InputError: If there are no participant results.
@@ -199,12 +245,20 @@ def run_group_level(
         "evaluation": write_csv(df, group_dir / "evaluation.csv"),
         "summary": write_csv(summary, group_dir / "summary.csv"),
     }
+    sections: list[tuple[str, str]] = []
+    points = keypoint_errors(df)
+    if len(points):
+        table = table1(points)
+        paths["table1"] = write_csv(table, group_dir / "table1.csv")
+        sections.append(("Keypoint transfer error (cm)", table1_section(table, points)))
+    if matching:
+        sections += _matching(df, group_dir, paths, bids_dir, models or {}, device)
     html = build_report(
         df,
         summary,
         output_dir=output_dir,
         bids_dir=bids_dir,
-        extra_sections=extra_sections,
+        extra_sections=[*sections, *(extra_sections or [])],
         max_subjects=max_subjects,
     )
     # Explicit UTF-8: the locale of a container may be plain ASCII.

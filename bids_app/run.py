@@ -312,7 +312,13 @@ def run_group(config: Config) -> int:
 
     setup_logging(_log_dir(config), verbose=config.verbose)
     config.save(_log_dir(config) / "config.json")
-    paths = run_group_level(Path(config.output_dir), bids_dir=Path(config.bids_dir))
+    paths = run_group_level(
+        Path(config.output_dir),
+        bids_dir=Path(config.bids_dir),
+        matching=config.matching,
+        models=config.models,
+        device=config.device,
+    )
     LOGGER.info("group results: %s", ", ".join(str(p) for p in paths.values()))
     return EXIT_OK
 

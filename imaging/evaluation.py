@@ -9,6 +9,8 @@ transform and compared with the moving landmarks of the same name.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -41,8 +43,9 @@ def evaluate_transform(
 
     Returns:
         Columns ``dice_mean``, ``dice_<label>``, ``hd95_mean_mm``,
-        ``hd95_<label>_mm``, ``tre_mean_mm``, ``tre_max_mm`` and
-        ``n_landmarks`` (all prefixed); NaN where the ground truth is missing.
+        ``hd95_<label>_mm``, ``tre_mean_mm``, ``tre_max_mm``, ``tre_<landmark>_mm``
+        per landmark (:func:`landmark_columns`) and ``n_landmarks`` (all prefixed);
+        NaN where the ground truth is missing.
     """
     row: dict[str, float] = {}
     fixed_labels, moving_labels = ground_truth.fixed_labels, ground_truth.moving_labels
@@ -70,11 +73,65 @@ def evaluate_transform(
         errors = landmark_errors(transform.map_points(fixed_pts), moving_pts)
         row[f"{prefix}tre_mean_mm"] = float(np.mean(errors))
         row[f"{prefix}tre_max_mm"] = float(np.max(errors))
+        for column, error in zip(landmark_columns(names), errors, strict=True):
+            row[f"{prefix}{column}"] = float(error)
     else:
         row[f"{prefix}tre_mean_mm"] = math.nan
         row[f"{prefix}tre_max_mm"] = math.nan
     row[f"{prefix}n_landmarks"] = float(len(names))
     return row
+
+
+#: ``tre_<x>_mm`` columns that are statistics, not landmarks.
+_TRE_STATISTICS = ("mean", "max")
+_TRE_COLUMN = re.compile(r"^tre_(?P<name>.+)_mm$")
+
+
+def landmark_columns(names: Sequence[str]) -> list[str]:
+    """The per-landmark error column of each name: ``tre_<name>_mm``, CSV-safe and unique.
+
+    Characters other than letters, digits and ``_`` become ``_``; a landmark that would
+    take a statistic's column (``mean``, ``max``) becomes ``landmark_<name>``, and a
+    repeated column gets ``_2``, ``_3``, ... (the contract's columns keep their meaning).
+
+    Example:
+        >>> landmark_columns(["s1", "Femoral head (L)", "mean", "s 1"])
+        ['tre_s1_mm', 'tre_Femoral_head_L_mm', 'tre_landmark_mean_mm', 'tre_s_1_mm']
+    """
+    out: list[str] = []
+    for name in names:
+        safe = re.sub(r"[^0-9A-Za-z_]+", "_", str(name)).strip("_") or "landmark"
+        if safe in _TRE_STATISTICS:
+            safe = f"landmark_{safe}"
+        column, k = f"tre_{safe}_mm", 1
+        while column in out:
+            k += 1
+            column = f"tre_{safe}_{k}_mm"
+        out.append(column)
+    return out
+
+
+def landmark_error_columns(columns: Iterable[str], *, prefix: str = "") -> dict[str, str]:
+    """Landmark name -> its ``<prefix>tre_<name>_mm`` column, among ``columns``.
+
+    The inverse of :func:`landmark_columns` (names as they appear in the columns);
+    ``tre_mean_mm`` and ``tre_max_mm`` are statistics and left out.
+
+    Example:
+        >>> landmark_error_columns(["tre_mean_mm", "tre_s1_mm", "initial_tre_s1_mm"])
+        {'s1': 'tre_s1_mm'}
+        >>> landmark_error_columns(["tre_s1_mm", "initial_tre_s1_mm"], prefix="initial_")
+        {'s1': 'initial_tre_s1_mm'}
+    """
+    out: dict[str, str] = {}
+    for column in columns:
+        column = str(column)
+        if not column.startswith(prefix):
+            continue
+        match = _TRE_COLUMN.match(column[len(prefix) :])
+        if match and match["name"] not in _TRE_STATISTICS:
+            out[match["name"]] = column
+    return out
 
 
 def folding_pct(transform: Transform, grid: Grid) -> float:

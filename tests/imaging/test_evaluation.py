@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from mmreg.imaging.evaluation import evaluate_transform, folding_pct
+from mmreg.imaging.evaluation import (
+    evaluate_transform,
+    folding_pct,
+    landmark_columns,
+    landmark_error_columns,
+)
 from mmreg.imaging.groundtruth import GroundTruth
 from mmreg.imaging.image import Grid, Image
 from mmreg.imaging.transform import Transform
@@ -52,3 +57,47 @@ def test_folding_pct_of_affines():
     grid = Grid((4, 4, 4), np.eye(4))
     assert folding_pct(Transform.identity(), grid) == 0.0
     assert folding_pct(Transform.from_affine(np.diag([-1.0, 1, 1, 1])), grid) == 100.0
+
+
+def test_per_landmark_errors_next_to_the_mean():
+    # Landmarks "a" (2 mm off along x) and "b" (exact); the true map is +2 mm along x for
+    # "a" only, so identity errs 2 and 0 mm, the shift 0 and 2 mm.
+    gt = GroundTruth(
+        fixed_landmarks={"a": np.array([5.0, 5, 5]), "b": np.array([0.0, 0, 0])},
+        moving_landmarks={"a": np.array([7.0, 5, 5]), "b": np.array([0.0, 0, 0])},
+    )
+    before = evaluate_transform(Transform.identity(), gt, prefix="initial_", with_hd95=False)
+    assert before["initial_tre_a_mm"] == pytest.approx(2.0)
+    assert before["initial_tre_b_mm"] == pytest.approx(0.0)
+    assert before["initial_tre_mean_mm"] == pytest.approx(1.0)
+    shift = np.eye(4)
+    shift[0, 3] = 2.0
+    after = evaluate_transform(Transform.from_affine(shift), gt)
+    assert (after["tre_a_mm"], after["tre_b_mm"]) == pytest.approx((0.0, 2.0))
+    assert after["tre_max_mm"] == pytest.approx(2.0)
+
+
+def test_landmark_columns_never_take_a_statistic_column():
+    names = ["mean", "max", "Femoral head (L)", "a-b", "a b"]
+    columns = landmark_columns(names)
+    assert columns == [
+        "tre_landmark_mean_mm",
+        "tre_landmark_max_mm",
+        "tre_Femoral_head_L_mm",
+        "tre_a_b_mm",
+        "tre_a_b_2_mm",
+    ]
+    gt = GroundTruth(
+        fixed_landmarks={n: np.zeros(3) for n in names},
+        moving_landmarks={n: np.ones(3) for n in names},
+    )
+    row = evaluate_transform(Transform.identity(), gt, with_hd95=False)
+    # The statistics keep their meaning: mean and max over all five points.
+    assert row["tre_mean_mm"] == pytest.approx(np.sqrt(3.0))
+    assert set(landmark_error_columns(row)) == {
+        "landmark_mean",
+        "landmark_max",
+        "Femoral_head_L",
+        "a_b",
+        "a_b_2",
+    }

@@ -1,0 +1,239 @@
+"""Keypoint transfer error per method and landmark group, in cm: ``group/table1.csv``.
+
+The whole-body paper (Windsor et al. 2021, Table 1) reports, per method, the error of
+landmarks carried from one scan to the other by the registration: median and
+mean ± sd in cm over all points of each group (HJ, S1, SJ; see
+:mod:`~mmreg.bids_app.landmark_groups`), and the time per registration. The
+evaluation rows carry every landmark's error (``tre_<landmark>_mm``, and
+``initial_tre_<landmark>_mm`` before registration; see
+:func:`mmreg.imaging.evaluation.landmark_columns`); this module pools them.
+
+Landmarks in no group (any dataset other than the whole-body one) get a row each;
+``all`` pools every point. The pseudo-method ``initial`` is the alignment before
+registration (once per image pair), the baseline every method starts from.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+
+import numpy as np
+import pandas as pd
+
+from mmreg.bids_app import figures
+from mmreg.bids_app.landmark_groups import ALL, GROUP_TITLES, group_order, landmark_group
+from mmreg.imaging.evaluation import landmark_error_columns
+
+__all__ = [
+    "INITIAL",
+    "POINT_COLUMNS",
+    "TABLE1_COLUMNS",
+    "keypoint_errors",
+    "table1",
+    "table1_section",
+]
+
+LOGGER = logging.getLogger("mmreg.group")
+
+#: The pseudo-method of the errors before registration.
+INITIAL = "initial"
+
+#: Columns of :func:`keypoint_errors` (one row per registration and landmark).
+POINT_COLUMNS = (
+    "subject",
+    "session",
+    "fixed",
+    "moving",
+    "method",
+    "landmark",
+    "group",
+    "error_cm",
+    "runtime_s",
+)
+
+#: Columns of ``group/table1.csv`` (one row per pair, method and landmark group).
+TABLE1_COLUMNS = (
+    "fixed",
+    "moving",
+    "method",
+    "group",
+    "n_pairs",
+    "n_points",
+    "median_cm",
+    "mean_cm",
+    "sd_cm",
+    "runtime_s_median",
+)
+
+_KEYS = ("subject", "session", "fixed", "moving")
+
+
+def _points(rows: pd.DataFrame, columns: dict[str, str], method: str | None) -> pd.DataFrame:
+    """Rows x landmarks, long, NaN errors dropped; ``method=None`` keeps the rows' methods."""
+    parts = []
+    for name, column in columns.items():
+        part = pd.DataFrame(
+            {k: rows[k].astype(str) if k in rows else "" for k in _KEYS}, index=rows.index
+        )
+        part["method"] = rows["method"].astype(str) if method is None else method
+        part["landmark"] = name
+        part["group"] = landmark_group(name)
+        part["error_cm"] = pd.to_numeric(rows[column], errors="coerce") / 10.0
+        # Only a method's own rows have a runtime; "initial" took none.
+        timed = method is None and "runtime_s" in rows
+        part["runtime_s"] = pd.to_numeric(rows["runtime_s"], errors="coerce") if timed else np.nan
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=list(POINT_COLUMNS))
+    out = pd.concat(parts, ignore_index=True)
+    return out[np.isfinite(out["error_cm"].to_numpy(dtype=np.float64))]
+
+
+def keypoint_errors(df: pd.DataFrame) -> pd.DataFrame:
+    """Every landmark error of the evaluation rows, one row per registration and landmark.
+
+    Methods' errors come from successful rows (``status == "ok"``); the ``initial``
+    errors once per image pair (the first row that has them).
+
+    Args:
+        df: Evaluation rows (:func:`mmreg.bids_app.group.aggregate`).
+
+    Returns:
+        Columns :data:`POINT_COLUMNS`; ``error_cm`` finite, ``runtime_s`` NaN for
+        ``initial``. Empty when the rows carry no per-landmark errors.
+    """
+    after = landmark_error_columns(df.columns)
+    before = landmark_error_columns(df.columns, prefix="initial_")
+    if df.empty or not (after or before):
+        return pd.DataFrame(columns=list(POINT_COLUMNS))
+    ok = df[df["status"].astype(str) == "ok"] if "status" in df else df
+    methods = _points(ok, after, None) if "method" in ok else _points(ok, {}, None)
+    initial = _points(df, before, INITIAL)
+    initial = initial.drop_duplicates([*_KEYS, "landmark"], keep="first")
+    points = pd.concat([p for p in (initial, methods) if len(p)] or [initial], ignore_index=True)
+    # Stable order: pair, then "initial" before the methods (sorted), then subject.
+    points["_first"] = points["method"] != INITIAL
+    points = points.sort_values(
+        ["fixed", "moving", "_first", "method", "subject", "session"], kind="mergesort"
+    )
+    return points.drop(columns="_first").reset_index(drop=True)[list(POINT_COLUMNS)]
+
+
+def _stats(errors: pd.Series) -> dict[str, float | int]:
+    e = errors.to_numpy(dtype=np.float64)
+    return {
+        "n_points": int(e.size),
+        "median_cm": float(np.median(e)) if e.size else np.nan,
+        "mean_cm": float(e.mean()) if e.size else np.nan,
+        "sd_cm": float(e.std(ddof=1)) if e.size > 1 else np.nan,
+    }
+
+
+def table1(points: pd.DataFrame) -> pd.DataFrame:
+    """Per image pair type, method and landmark group (then ``all``): error statistics in cm.
+
+    ``sd`` is the sample standard deviation (NaN for fewer than two points);
+    ``n_pairs`` counts the registrations (subject and session) with points;
+    ``runtime_s_median`` is the median wall-clock time per registration (NaN for
+    ``initial``).
+
+    Args:
+        points: As returned by :func:`keypoint_errors`.
+
+    Returns:
+        Columns :data:`TABLE1_COLUMNS`, in the order of ``points``.
+    """
+    rows = []
+    for (fixed, moving, method), g in points.groupby(["fixed", "moving", "method"], sort=False):
+        once = g.drop_duplicates(["subject", "session"])
+        runtime = pd.to_numeric(once["runtime_s"], errors="coerce").dropna()
+        common = {
+            "fixed": fixed,
+            "moving": moving,
+            "method": method,
+            "runtime_s_median": float(runtime.median()) if len(runtime) else np.nan,
+        }
+        for group in group_order([*g["group"], ALL]):
+            sub = g if group == ALL else g[g["group"] == group]
+            n_pairs = len(sub.drop_duplicates(["subject", "session"]))
+            rows.append({**common, "group": group, "n_pairs": n_pairs, **_stats(sub["error_cm"])})
+    return pd.DataFrame(rows, columns=list(TABLE1_COLUMNS))
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def _cell(row: pd.Series) -> str:
+    if not np.isfinite(row["median_cm"]):
+        return "–"
+    text = f"{row['median_cm']:.2f} ({row['mean_cm']:.2f}"
+    sd = row["sd_cm"]
+    return text + (f" ± {sd:.2f})" if np.isfinite(sd) else ")")
+
+
+def _wide(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per pair and method; one cell ``median (mean ± sd)`` per group."""
+    groups = group_order(table["group"])
+    several = table[["fixed", "moving"]].drop_duplicates().shape[0] > 1
+    rows = []
+    for (fixed, moving, method), g in table.groupby(["fixed", "moving", "method"], sort=False):
+        by_group = g.set_index("group")
+        row: dict[str, object] = {}
+        if several:
+            row["pair (moving → fixed)"] = f"{moving} → {fixed}"
+        row["method"] = method
+        for group in groups:
+            row[group] = _cell(by_group.loc[group]) if group in by_group.index else "–"
+        row["n points"] = int(by_group.loc[ALL, "n_points"]) if ALL in by_group.index else 0
+        runtime = float(g["runtime_s_median"].iloc[0])
+        row["runtime (s)"] = f"{runtime:.2f}" if np.isfinite(runtime) else "–"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _figure(points: pd.DataFrame) -> bytes:
+    """Box plot of every point's error per method (``initial`` in grey)."""
+    pairs = points[["fixed", "moving"]].drop_duplicates().itertuples(index=False)
+    pairs = list(pairs)
+    groups: list[tuple[str, np.ndarray, str]] = []
+    for fixed, moving in pairs:
+        sub = points[(points["fixed"] == fixed) & (points["moving"] == moving)]
+        suffix = f"\n{moving}→{fixed}" if len(pairs) > 1 else ""
+        methods = [m for m in dict.fromkeys(sub["method"]) if m != INITIAL]
+        if (sub["method"] == INITIAL).any():
+            values = sub.loc[sub["method"] == INITIAL, "error_cm"].to_numpy()
+            groups.append((f"{INITIAL}{suffix}", values, figures.INITIAL_COLOUR))
+        for i, method in enumerate(methods):
+            values = sub.loc[sub["method"] == method, "error_cm"].to_numpy()
+            groups.append((f"{method}{suffix}", values, figures.method_colour(i)))
+    return figures.boxplot_groups(
+        groups, title="Keypoint transfer error (every landmark)", ylabel="error (cm)"
+    )
+
+
+def table1_section(table: pd.DataFrame, points: pd.DataFrame) -> str:
+    """The report section: the table (escaped) and the per-point box plot."""
+    from mmreg.bids_app.report import data_uri
+
+    groups = [g for g in group_order(table["group"]) if g in GROUP_TITLES]
+    legend = "; ".join(f"{g}: {GROUP_TITLES[g]}" for g in groups)
+    intro = (
+        '<p class="meta">Distance (cm) between the moving image\'s landmarks and the fixed '
+        "image's landmarks mapped by each method's transform: median (mean ± sample SD) "
+        "over all points of each landmark group"
+        + (f" ({html.escape(legend)})" if legend else "")
+        + "; <i>initial</i>: before registration. Runtime: median wall-clock seconds per "
+        "registration. Long form: <code>group/table1.csv</code>.</p>"
+    )
+    text = intro + _wide(table).to_html(index=False, escape=True, border=0, na_rep="–")
+    try:
+        png = _figure(points)
+    except Exception as exc:  # a plot is never worth losing the report
+        LOGGER.warning("keypoint error plot failed: %s", exc)
+        return text
+    caption = "Keypoint transfer error of every landmark, per method (grey: before registration)"
+    return text + (
+        f'<div class="figs"><figure><img src="{data_uri(png)}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure></div>"
+    )
