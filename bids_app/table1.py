@@ -23,7 +23,7 @@ import pandas as pd
 
 from mmreg.bids_app import figures
 from mmreg.bids_app.landmark_groups import ALL, GROUP_TITLES, group_order, landmark_group
-from mmreg.imaging.evaluation import landmark_error_columns
+from mmreg.imaging.evaluation import BEST_RIGID_PREFIX, landmark_error_columns
 
 __all__ = [
     "INITIAL",
@@ -38,6 +38,10 @@ LOGGER = logging.getLogger("mmreg.group")
 
 #: The pseudo-method of the errors before registration.
 INITIAL = "initial"
+#: The pseudo-method of the best possible rigid map (least squares on the true points).
+BEST_RIGID = "best-rigid"
+#: Pseudo-methods, in table order, with their column prefixes.
+REFERENCES = {INITIAL: "initial_", BEST_RIGID: BEST_RIGID_PREFIX}
 
 #: Columns of :func:`keypoint_errors` (one row per registration and landmark).
 POINT_COLUMNS = (
@@ -64,6 +68,7 @@ TABLE1_COLUMNS = (
     "mean_cm",
     "sd_cm",
     "runtime_s_median",
+    "ratio_to_best_rigid",
 )
 
 _KEYS = ("subject", "session", "fixed", "moving")
@@ -104,16 +109,24 @@ def keypoint_errors(df: pd.DataFrame) -> pd.DataFrame:
         ``initial``. Empty when the rows carry no per-landmark errors.
     """
     after = landmark_error_columns(df.columns)
-    before = landmark_error_columns(df.columns, prefix="initial_")
-    if df.empty or not (after or before):
+    references = {
+        name: landmark_error_columns(df.columns, prefix=prefix)
+        for name, prefix in REFERENCES.items()
+    }
+    if df.empty or not (after or any(references.values())):
         return pd.DataFrame(columns=list(POINT_COLUMNS))
     ok = df[df["status"].astype(str) == "ok"] if "status" in df else df
     methods = _points(ok, after, None) if "method" in ok else _points(ok, {}, None)
-    initial = _points(df, before, INITIAL)
-    initial = initial.drop_duplicates([*_KEYS, "landmark"], keep="first")
-    points = pd.concat([p for p in (initial, methods) if len(p)] or [initial], ignore_index=True)
-    # Stable order: pair, then "initial" before the methods (sorted), then subject.
-    points["_first"] = points["method"] != INITIAL
+    # References: once per image pair (the first row that has them).
+    refs = [
+        _points(df, columns, name).drop_duplicates([*_KEYS, "landmark"], keep="first")
+        for name, columns in references.items()
+    ]
+    parts = [p for p in (*refs, methods) if len(p)] or [refs[0]]
+    points = pd.concat(parts, ignore_index=True)
+    # Stable order: pair, then the references, then the methods (sorted), then subject.
+    order = {name: k for k, name in enumerate(REFERENCES)}
+    points["_first"] = points["method"].map(order).fillna(len(order))
     points = points.sort_values(
         ["fixed", "moving", "_first", "method", "subject", "session"], kind="mergesort"
     )
@@ -158,7 +171,15 @@ def table1(points: pd.DataFrame) -> pd.DataFrame:
             sub = g if group == ALL else g[g["group"] == group]
             n_pairs = len(sub.drop_duplicates(["subject", "session"]))
             rows.append({**common, "group": group, "n_pairs": n_pairs, **_stats(sub["error_cm"])})
-    return pd.DataFrame(rows, columns=list(TABLE1_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(TABLE1_COLUMNS[:-1]))
+    # Each mean error as a multiple of the best possible rigid one (same pairs, group).
+    best = table[table["method"] == BEST_RIGID].set_index(["fixed", "moving", "group"])["mean_cm"]
+    keys = pd.MultiIndex.from_frame(table[["fixed", "moving", "group"]])
+    floor = best.reindex(keys).to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = table["mean_cm"].to_numpy(dtype=np.float64) / floor
+    table["ratio_to_best_rigid"] = np.where(floor > 0, ratio, np.nan)
+    return table
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -186,6 +207,10 @@ def _wide(table: pd.DataFrame) -> pd.DataFrame:
         for group in groups:
             row[group] = _cell(by_group.loc[group]) if group in by_group.index else "–"
         row["n points"] = int(by_group.loc[ALL, "n_points"]) if ALL in by_group.index else 0
+        ratio = (
+            float(by_group.loc[ALL, "ratio_to_best_rigid"]) if ALL in by_group.index else np.nan
+        )
+        row["× best rigid"] = f"{ratio:.2f}" if np.isfinite(ratio) else "–"
         runtime = float(g["runtime_s_median"].iloc[0])
         row["runtime (s)"] = f"{runtime:.2f}" if np.isfinite(runtime) else "–"
         rows.append(row)
@@ -200,10 +225,11 @@ def _figure(points: pd.DataFrame) -> bytes:
     for fixed, moving in pairs:
         sub = points[(points["fixed"] == fixed) & (points["moving"] == moving)]
         suffix = f"\n{moving}→{fixed}" if len(pairs) > 1 else ""
-        methods = [m for m in dict.fromkeys(sub["method"]) if m != INITIAL]
-        if (sub["method"] == INITIAL).any():
-            values = sub.loc[sub["method"] == INITIAL, "error_cm"].to_numpy()
-            groups.append((f"{INITIAL}{suffix}", values, figures.INITIAL_COLOUR))
+        methods = [m for m in dict.fromkeys(sub["method"]) if m not in REFERENCES]
+        for reference, colour in ((INITIAL, figures.INITIAL_COLOUR), (BEST_RIGID, "#616161")):
+            if (sub["method"] == reference).any():
+                values = sub.loc[sub["method"] == reference, "error_cm"].to_numpy()
+                groups.append((f"{reference}{suffix}", values, colour))
         for i, method in enumerate(methods):
             values = sub.loc[sub["method"] == method, "error_cm"].to_numpy()
             groups.append((f"{method}{suffix}", values, figures.method_colour(i)))
@@ -223,7 +249,9 @@ def table1_section(table: pd.DataFrame, points: pd.DataFrame) -> str:
         "image's landmarks mapped by each method's transform: median (mean ± sample SD) "
         "over all points of each landmark group"
         + (f" ({html.escape(legend)})" if legend else "")
-        + "; <i>initial</i>: before registration. Runtime: median wall-clock seconds per "
+        + "; <i>initial</i>: before registration; <i>best-rigid</i>: the least-squares rigid "
+        "map of the true points themselves, the floor of any rigid method (ratio: a "
+        "method's mean error over it). Runtime: median wall-clock seconds per "
         "registration. Long form: <code>group/table1.csv</code>.</p>"
     )
     text = intro + _wide(table).to_html(index=False, escape=True, border=0, na_rep="–")

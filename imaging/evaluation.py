@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from mmreg.imaging.groundtruth import GroundTruth, label_column, nanmean
 from mmreg.imaging.image import Grid
@@ -75,11 +76,58 @@ def evaluate_transform(
         row[f"{prefix}tre_max_mm"] = float(np.max(errors))
         for column, error in zip(landmark_columns(names), errors, strict=True):
             row[f"{prefix}{column}"] = float(error)
+        if not prefix and len(names) >= 3:
+            # The floor of any rigid method: the least-squares rigid fit of the points
+            # themselves (Windsor et al.'s "best possible rigid" reference).
+            best = landmark_errors(
+                apply_points(best_rigid_fit(fixed_pts, moving_pts), fixed_pts), moving_pts
+            )
+            row[f"{BEST_RIGID_PREFIX}tre_mean_mm"] = float(np.mean(best))
+            for column, error in zip(landmark_columns(names), best, strict=True):
+                row[f"{BEST_RIGID_PREFIX}{column}"] = float(error)
     else:
         row[f"{prefix}tre_mean_mm"] = math.nan
         row[f"{prefix}tre_max_mm"] = math.nan
     row[f"{prefix}n_landmarks"] = float(len(names))
     return row
+
+
+#: Column prefix of the best-possible rigid reference errors.
+BEST_RIGID_PREFIX = "best_rigid_"
+
+
+def best_rigid_fit(source: npt.ArrayLike, target: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Least-squares rigid map (4x4, rotation + translation, no reflection) of ``source``
+    points onto ``target`` points (Kabsch). Points with z = 0 throughout get an in-plane
+    map (2D images).
+
+    Example:
+        >>> src = np.array([[0.0, 0, 0], [1, 0, 0], [0, 2, 0]])
+        >>> dst = src @ np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]).T + [5, 6, 0]
+        >>> np.allclose(apply_points(best_rigid_fit(src, dst), src), dst)
+        True
+    """
+    src = np.asarray(source, dtype=np.float64)
+    dst = np.asarray(target, dtype=np.float64)
+    planar = bool(np.all(src[:, 2] == 0) and np.all(dst[:, 2] == 0))
+    d = 2 if planar else 3
+    cs, ct = src[:, :d].mean(0), dst[:, :d].mean(0)
+    u, _, vt = np.linalg.svd((src[:, :d] - cs).T @ (dst[:, :d] - ct))
+    fix = np.eye(d)
+    fix[-1, -1] = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+    rot = vt.T @ fix @ u.T
+    out = np.eye(4)
+    out[:d, :d] = rot
+    out[:d, 3] = ct - rot @ cs
+    return out
+
+
+def apply_points(
+    matrix: npt.NDArray[np.float64], points: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """``points`` (N, 3) through a 4x4 matrix."""
+    pts = np.asarray(points, dtype=np.float64)
+    return pts @ matrix[:3, :3].T + matrix[:3, 3]
 
 
 #: ``tre_<x>_mm`` columns that are statistics, not landmarks.

@@ -160,3 +160,28 @@ def test_group_level_writes_table1_and_report_section(tmp_path: Path) -> None:
     assert html.count("data:image/png;base64,") >= 1
     summary = pd.read_csv(paths["summary"])
     assert "tre_s1_mm_mean" in summary.columns  # per-landmark columns are summarised too
+
+
+def test_best_rigid_reference_and_ratio() -> None:
+    """The best-rigid pseudo-method comes from ``best_rigid_*`` columns, once per pair,
+    and each method's mean error is divided by its mean (hand-computed)."""
+    rows = pd.DataFrame(
+        {
+            "subject": ["01", "01", "02", "02"],
+            "session": ["", "", "", ""],
+            "fixed": ["DXA"] * 4,
+            "moving": ["T1w"] * 4,
+            "method": ["a", "b", "a", "b"],
+            "status": ["ok"] * 4,
+            "runtime_s": [1.0, 2.0, 3.0, 4.0],
+            "tre_s1_mm": [10.0, 20.0, 30.0, 40.0],
+            "best_rigid_tre_s1_mm": [5.0, 5.0, 15.0, 15.0],
+        }
+    )
+    table = table1(keypoint_errors(rows))
+    s1 = table[table["group"] == "S1"].set_index("method")
+    assert list(s1.index) == ["best-rigid", "a", "b"]
+    assert s1.loc["best-rigid", "mean_cm"] == pytest.approx(1.0)  # (0.5 + 1.5) / 2
+    assert s1.loc["a", "ratio_to_best_rigid"] == pytest.approx(2.0)  # (1 + 3) / 2 / 1
+    assert s1.loc["b", "ratio_to_best_rigid"] == pytest.approx(3.0)
+    assert s1.loc["best-rigid", "ratio_to_best_rigid"] == pytest.approx(1.0)

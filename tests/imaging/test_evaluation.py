@@ -101,3 +101,20 @@ def test_landmark_columns_never_take_a_statistic_column():
         "a_b",
         "a_b_2",
     }
+
+
+def test_best_rigid_fit_recovers_a_rigid_map_and_never_reflects() -> None:
+    from mmreg.imaging.evaluation import apply_points, best_rigid_fit
+
+    rng = np.random.default_rng(0)
+    src = np.c_[rng.normal(size=(6, 2)) * 50, np.zeros(6)]
+    c, s = np.cos(0.3), np.sin(0.3)
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    dst = src @ rot.T + [4.0, -7.0, 0.0]
+    np.testing.assert_allclose(apply_points(best_rigid_fit(src, dst), src), dst, atol=1e-9)
+    # A mirror image cannot be fitted by a rotation: the residual stays, in the plane.
+    mirrored = src * [1.0, -1.0, 1.0]
+    fit = best_rigid_fit(src, mirrored)
+    assert np.linalg.det(fit[:3, :3]) == pytest.approx(1.0)
+    assert np.abs(apply_points(fit, src)[:, 2]).max() < 1e-12
+    assert np.linalg.norm(apply_points(fit, src) - mirrored, axis=1).mean() > 1.0
