@@ -93,33 +93,53 @@ def _write_tsv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     _write_text(path, buf.getvalue())
 
 
-def _generated_by() -> list[dict[str, str]]:
-    return [
+def write_dataset_description(
+    folder: Path, *, name: str, generator: str, license: str, **extra: Any
+) -> None:
+    """``dataset_description.json`` of a demo dataset; a folder under ``derivatives/``
+    is a derivative dataset that links back to the raw one two levels up."""
+    derivative = folder.parent.name == "derivatives"
+    description: dict[str, Any] = {
+        "Name": name,
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative" if derivative else "raw",
+        "License": license,
+        "Authors": ["mmreg developers"],
+        "GeneratedBy": [{"Name": "mmreg", "Version": __version__, "Description": generator}],
+    }
+    if derivative:
+        description["DatasetLinks"] = {"raw": "../../"}
+        description["SourceDatasets"] = [{"URL": "bids:raw:"}]
+    _write_json(folder / "dataset_description.json", {**description, **extra})
+
+
+def write_participants(bids_dir: Path, rows: list[list[Any]]) -> None:
+    """``participants.tsv`` (label, generator seed) and its sidecar."""
+    _write_tsv(bids_dir / "participants.tsv", ["participant_id", "seed"], rows)
+    _write_json(
+        bids_dir / "participants.json",
         {
-            "Name": "mmreg",
-            "Version": __version__,
-            "Description": "mmreg brain phantom (mmreg.imaging.phantoms.brain)",
-        }
-    ]
+            "participant_id": {"Description": "Subject label"},
+            "seed": {"Description": "Seed of the phantom generator for this subject"},
+        },
+    )
+
+
+_GENERATOR = "mmreg brain phantom (mmreg.imaging.phantoms.brain)"
 
 
 def _write_raw_metadata(bids_dir: Path, rows: list[list[Any]], settings: dict[str, Any]) -> None:
-    _write_json(
-        bids_dir / "dataset_description.json",
-        {
-            "Name": "mmreg brain demo (synthetic T1w, T2w and PDw)",
-            "BIDSVersion": BIDS_VERSION,
-            "DatasetType": "raw",
-            "License": _LICENSE,
-            "Authors": ["mmreg developers"],
-            "GeneratedBy": _generated_by(),
-            "SourceDatasets": [
-                {
-                    "URL": "https://nist.mni.mcgill.ca/icbm-152-nonlinear-atlases-2009/",
-                    "Version": "ICBM152 2009a nonlinear symmetric",
-                }
-            ],
-        },
+    write_dataset_description(
+        bids_dir,
+        name="mmreg brain demo (synthetic T1w, T2w and PDw)",
+        generator=_GENERATOR,
+        license=_LICENSE,
+        SourceDatasets=[
+            {
+                "URL": "https://nist.mni.mcgill.ca/icbm-152-nonlinear-atlases-2009/",
+                "Version": "ICBM152 2009a nonlinear symmetric",
+            }
+        ],
     )
     _write_text(
         bids_dir / "README",
@@ -134,30 +154,12 @@ def _write_raw_metadata(bids_dir: Path, rows: list[list[Any]], settings: dict[st
         "Ground truth (labels, landmarks, true transforms) is in "
         "`derivatives/ground-truth`.\n\n" + _TEMPLATE_CREDIT,
     )
-    _write_tsv(bids_dir / "participants.tsv", ["participant_id", "seed"], rows)
-    _write_json(
-        bids_dir / "participants.json",
-        {
-            "participant_id": {"Description": "Subject label"},
-            "seed": {"Description": "Seed of the phantom generator for this subject"},
-        },
-    )
+    write_participants(bids_dir, rows)
 
 
 def _write_ground_truth_metadata(gt_dir: Path) -> None:
-    _write_json(
-        gt_dir / "dataset_description.json",
-        {
-            "Name": "mmreg brain demo ground truth",
-            "BIDSVersion": BIDS_VERSION,
-            "DatasetType": "derivative",
-            "License": _LICENSE,
-            "Authors": ["mmreg developers"],
-            "GeneratedBy": _generated_by(),
-            # The raw dataset is two levels up (bids_dir/derivatives/ground-truth).
-            "DatasetLinks": {"raw": "../../"},
-            "SourceDatasets": [{"URL": "bids:raw:"}],
-        },
+    write_dataset_description(
+        gt_dir, name="mmreg brain demo ground truth", generator=_GENERATOR, license=_LICENSE
     )
     _write_text(
         gt_dir / "README",

@@ -57,13 +57,14 @@ import numpy.typing as npt
 from mmreg import __version__
 from mmreg.atomic import atomic_path
 from mmreg.bids_app.demo_data import (
-    BIDS_VERSION,
     GROUND_TRUTH_DIR,
     _write_json,
     _write_text,
     _write_tsv,
     subject_label,
     subject_seed,
+    write_dataset_description,
+    write_participants,
 )
 from mmreg.imaging.image import Image
 from mmreg.imaging.phantoms.wholebody import (
@@ -100,27 +101,15 @@ FILES: dict[str, str] = {
 _LICENSE = "CC0"
 
 
-def _generated_by() -> list[dict[str, str]]:
-    return [
-        {
-            "Name": "mmreg",
-            "Version": __version__,
-            "Description": "mmreg whole-body phantom (mmreg.imaging.phantoms.wholebody)",
-        }
-    ]
+_GENERATOR = "mmreg whole-body phantom (mmreg.imaging.phantoms.wholebody)"
 
 
 def _write_raw_metadata(bids_dir: Path, rows: list[list[Any]], settings: dict[str, Any]) -> None:
-    _write_json(
-        bids_dir / "dataset_description.json",
-        {
-            "Name": "mmreg whole-body demo (synthetic DXA and Dixon MR)",
-            "BIDSVersion": BIDS_VERSION,
-            "DatasetType": "raw",
-            "License": _LICENSE,
-            "Authors": ["mmreg developers"],
-            "GeneratedBy": _generated_by(),
-        },
+    write_dataset_description(
+        bids_dir,
+        name="mmreg whole-body demo (synthetic DXA and Dixon MR)",
+        generator=_GENERATOR,
+        license=_LICENSE,
     )
     _write_text(
         bids_dir / "README",
@@ -142,31 +131,14 @@ def _write_raw_metadata(bids_dir: Path, rows: list[list[Any]], settings: dict[st
         "Ground truth (labels, landmarks, the true DXA to MR-slice transform) is in "
         "`derivatives/ground-truth`.\n",
     )
-    _write_tsv(bids_dir / "participants.tsv", ["participant_id", "seed"], rows)
-    _write_json(
-        bids_dir / "participants.json",
-        {
-            "participant_id": {"Description": "Subject label"},
-            "seed": {"Description": "Seed of the phantom generator for this subject"},
-        },
-    )
+    write_participants(bids_dir, rows)
     # BIDS 1.10 has no modality for DXA; everything else is valid BIDS.
     _write_text(bids_dir / ".bidsignore", f"*_{DXA_SUFFIX}.nii.gz\n*_{DXA_SUFFIX}.json\n")
 
 
 def _write_ground_truth_metadata(gt_dir: Path) -> None:
-    _write_json(
-        gt_dir / "dataset_description.json",
-        {
-            "Name": "mmreg whole-body demo ground truth",
-            "BIDSVersion": BIDS_VERSION,
-            "DatasetType": "derivative",
-            "License": _LICENSE,
-            "Authors": ["mmreg developers"],
-            "GeneratedBy": _generated_by(),
-            "DatasetLinks": {"raw": "../../"},
-            "SourceDatasets": [{"URL": "bids:raw:"}],
-        },
+    write_dataset_description(
+        gt_dir, name="mmreg whole-body demo ground truth", generator=_GENERATOR, license=_LICENSE
     )
     _write_text(
         gt_dir / "README",
