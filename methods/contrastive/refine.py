@@ -55,6 +55,7 @@ from mmreg.methods.contrastive.register import (
 from mmreg.methods.contrastive.train import PairImages, deterministic, read_pairs, split_subjects
 from mmreg.methods.registry import register_factory
 from mmreg.models import load_checkpoint, resolve_model, save_checkpoint
+from mmreg.training import BestEpoch
 
 __all__ = [
     "RefineMethod",
@@ -391,10 +392,8 @@ def fit_refine(
             )
             for _ in range(4)
         ]
-        history: list[dict[str, float]] = []
-        best_error, best_epoch = math.inf, 0
-        best_state = {k: v.detach().cpu().clone() for k, v in regressor.state_dict().items()}
         bar = tqdm(range(1, settings.epochs + 1), desc="contrastive-refine", disable=not progress)
+        best = BestEpoch(regressor, log=LOG, bar=bar, on_epoch=on_epoch, digits=2, started=start)
         for epoch in bar:
             regressor.train()
             order = torch.randperm(len(train_idx), generator=generator).tolist()
@@ -437,30 +436,17 @@ def fit_refine(
                 "val_error_mm": float(np.mean(errors)),
                 "val_start_error_mm": float(np.mean(before)),
             }
-            if record["val_error_mm"] < best_error:
-                best_error, best_epoch = record["val_error_mm"], epoch
-                best_state = {
-                    k: v.detach().cpu().clone() for k, v in regressor.state_dict().items()
-                }
-            history.append(record)
-            bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k != "epoch"})
-            LOG.info("epoch %d: %s", epoch, record)
-            if on_epoch is not None:
-                on_epoch(record)
-    regressor.load_state_dict(best_state)
-    regressor.to("cpu").eval()
-    summary = {
-        "n_subjects": len(pairs),
-        "n_aligned": len(kept),
-        "n_train": len(train_idx),
-        "n_val": len(val_idx),
-        "best_epoch": best_epoch,
-        "best_val_error_mm": best_error,
-        "history": history,
-        "wall_time_s": round(time.perf_counter() - start, 1),
-        "device": device,
-        "settings": asdict(settings),
-    }
+            best.end_epoch(record, -record["val_error_mm"])
+    best.restore()
+    summary = best.summary(
+        device=device,
+        settings=settings,
+        n_subjects=len(pairs),
+        n_aligned=len(kept),
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+        best_val_error_mm=-best.score,
+    )
     return regressor, summary
 
 

@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from mmreg.methods.contrastive.features import canvas, check_channels, prepare
 from mmreg.methods.contrastive.losses import dense_similarity, global_similarity, info_nce
 from mmreg.methods.contrastive.model import ContrastiveConfig, DualEncoder, cell_mask
 from mmreg.models import save_checkpoint
+from mmreg.training import BestEpoch
 
 __all__ = [
     "ContrastiveTrainSettings",
@@ -388,11 +389,8 @@ def fit_contrastive(
             optimiser, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
         )
         generator = torch.Generator().manual_seed(settings.seed)
-        history: list[dict[str, float]] = []
-        best: tuple[float, float] = (-1.0, math.inf)
-        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        best_epoch = 0
         bar = tqdm(range(1, settings.epochs + 1), desc="contrastive", disable=not progress)
+        best = BestEpoch(model, log=LOG, bar=bar, on_epoch=on_epoch, started=start)
         for epoch in bar:
             model.train()
             order = torch.randperm(len(train_idx), generator=generator).tolist()
@@ -425,30 +423,16 @@ def fit_contrastive(
                 score = (record["val_recall_at_1"], -record["val_loss"])
             else:
                 score = (0.0, -record["train_loss"])
-            if score > (best[0], -best[1]):
-                best = (score[0], -score[1])
-                best_epoch = epoch
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            history.append(record)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k != "epoch"})
-            LOG.info("epoch %d: %s", epoch, record)
-            if on_epoch is not None:
-                on_epoch(record)
-    model.load_state_dict(best_state)
-    model.to("cpu").eval()
-    summary = {
-        "n_subjects": len(pairs),
-        "n_train": len(train_idx),
-        "n_val": len(val_idx),
-        "val_subjects": [pairs[i].subject for i in val_idx],
-        "best_epoch": best_epoch,
-        "history": history,
-        "wall_time_s": round(time.perf_counter() - start, 1),
-        "device": device,
-        "settings": {
-            k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()
-        },
-    }
+            best.end_epoch(record, score)
+    best.restore()
+    summary = best.summary(
+        device=device,
+        settings=settings,
+        n_subjects=len(pairs),
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+        val_subjects=[pairs[i].subject for i in val_idx],
+    )
     return model, summary
 
 
