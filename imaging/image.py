@@ -246,6 +246,41 @@ def load_labels(path: PathLike, *, ndim: int | None = None) -> Image:
     return Image(np.rint(data).astype(np.int32), img.affine)
 
 
+def save_channels(image: Image, path: PathLike) -> Path | None:
+    """Write an image's :attr:`Image.channels` as a ``(X, Y, 1, C)`` NIfTI (atomically),
+    or nothing (``None``) when it carries none. :func:`load_channels_into` reads it back."""
+    if image.channels is None:
+        return None
+    data = np.asarray(image.channels, dtype=np.float32)[:, :, None, :]
+    return _write_nifti(nib.Nifti1Image(data, image.affine), Path(path))
+
+
+def load_channels_into(image: Image, path: PathLike | None) -> Image:
+    """``image`` carrying the channels :func:`save_channels` wrote to ``path`` (if any).
+
+    Raises:
+        InputError: For an unreadable file or channels on another grid.
+    """
+    if path is None:
+        return image
+    try:
+        data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    except Exception as exc:
+        raise InputError(f"{Path(path).name}: cannot read channels ({exc})") from exc
+    if data.ndim != 4 or data.shape[:2] != image.shape or data.shape[2] != 1:
+        raise InputError(f"{Path(path).name}: channels {data.shape} do not fit {image.shape}")
+    return Image(image.data, image.affine, channels=data[:, :, 0, :])
+
+
+def _write_nifti(nifti: nib.Nifti1Image, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        if path.name.endswith(".gz"):
+            tmp.write_bytes(gzip.compress(nifti.to_bytes(), compresslevel=6, mtime=0))
+        else:
+            nib.save(nifti, str(tmp))
+    return path
+
+
 def save_image(image: Image, path: PathLike, *, dtype: npt.DTypeLike | None = None) -> Path:
     """Write ``image`` as NIfTI atomically (temporary name, then rename).
 
@@ -253,11 +288,4 @@ def save_image(image: Image, path: PathLike, *, dtype: npt.DTypeLike | None = No
     time stamp in the gzip header, so equal images give byte-identical files
     (gzip would otherwise record the random temporary name).
     """
-    path = Path(path)
-    nifti = image.to_nifti(dtype)
-    with atomic_path(path) as tmp:
-        if path.name.endswith(".gz"):
-            tmp.write_bytes(gzip.compress(nifti.to_bytes(), compresslevel=6, mtime=0))
-        else:
-            nib.save(nifti, str(tmp))
-    return path
+    return _write_nifti(image.to_nifti(dtype), Path(path))

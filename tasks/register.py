@@ -7,7 +7,7 @@ from pathlib import Path
 from fileformats.application import Json
 from pydra.compose import python
 
-from mmreg.imaging.image import load_image
+from mmreg.imaging.image import load_channels_into, load_image
 from mmreg.imaging.transform import Transform
 from mmreg.models import verified_model_paths
 from mmreg.pipeline import Failure, PreparedPair, register
@@ -48,8 +48,12 @@ def RegisterPair(
     try:
         models = verified_model_paths(models or {})
         pair = PreparedPair(
-            fixed=load_image(upstream["fixed"]),
-            moving=load_image(upstream["moving"]),
+            fixed=load_channels_into(
+                load_image(upstream["fixed"]), upstream.get("fixed_channels")
+            ),
+            moving=load_channels_into(
+                load_image(upstream["moving"]), upstream.get("moving_channels")
+            ),
             initial=Transform.read(upstream["initial"]),
         )
         result = register(

@@ -95,3 +95,19 @@ def test_labels_are_integers_and_may_be_empty(tmp_path):
 def test_save_is_atomic_no_temporaries_left(tmp_path, rng):
     save_image(Image(rng.random((8, 8, 8)).astype(np.float32)), tmp_path / "a.nii.gz")
     assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]
+
+
+def test_channels_round_trip_through_a_file(tmp_path) -> None:
+    from mmreg.imaging.image import load_channels_into, save_channels
+
+    rng = np.random.default_rng(0)
+    channels = rng.random((9, 7, 2)).astype(np.float32)
+    image = Image(channels.mean(-1), np.diag([2.0, 2.0, 1.0, 1.0]), channels=channels)
+    path = save_channels(image, tmp_path / "ch.nii.gz")
+    back = load_channels_into(Image(image.data, image.affine), path)
+    np.testing.assert_array_equal(back.channels, channels)
+    assert save_channels(Image(image.data, image.affine), tmp_path / "none.nii.gz") is None
+    with pytest.raises(InputError, match="do not fit"):
+        load_channels_into(Image(np.zeros((5, 5), np.float32)), path)
+    with pytest.raises(ValueError, match="channels"):
+        Image(np.zeros((9, 7), np.float32), channels=np.zeros((9, 6, 2)))
