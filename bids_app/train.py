@@ -46,6 +46,7 @@ class TrainTarget:
         function: ``module:function`` that trains and writes the checkpoint.
         fixed: Default ``--fixed`` filter.
         moving: Default ``--moving`` filters.
+        registers: The weights are a registration method's (``--model NAME=...``).
     """
 
     name: str
@@ -54,6 +55,7 @@ class TrainTarget:
     function: str
     fixed: tuple[str, ...] = ("suffix=T1w",)
     moving: tuple[tuple[str, ...], ...] = (("suffix=T2w",),)
+    registers: bool = True
 
     def load(self) -> tuple[type, Callable[..., Path]]:
         """The settings class and the training function (imports the method package)."""
@@ -88,6 +90,15 @@ TARGETS: dict[str, TrainTarget] = {
         function="mmreg.methods.contrastive.refine:train_refine",
         fixed=("suffix=DXA", "rec=bone"),
         moving=(("suffix=T1w", "acq=dixon", "rec=fat"),),
+    ),
+    "unet-transfer": TrainTarget(
+        name="unet-transfer",
+        description="2D U-Net for MR slices on DXA labels moved by registration",
+        settings="mmreg.segmentation.unet_transfer:UNetTransferSettings",
+        function="mmreg.segmentation.unet_transfer:train_unet_transfer",
+        fixed=("suffix=DXA", "rec=bone"),
+        moving=(("suffix=T1w", "acq=dixon", "rec=fat"),),
+        registers=False,
     ),
 }
 
@@ -162,8 +173,8 @@ def build_train_parser(target: TrainTarget, settings_cls: type) -> argparse.Argu
     parser = _Parser(
         prog=f"mmreg train {target.name}",
         description=f"Train the {target.description} on a BIDS dataset; writes MODEL.pt "
-        "(config, weights, metadata) and MODEL.pt.sha256. Use it with "
-        f"--model {target.name}=MODEL.pt.",
+        "(config, weights, metadata) and MODEL.pt.sha256."
+        + (f" Use it with --model {target.name}=MODEL.pt." if target.registers else ""),
     )
     parser.add_argument("bids_dir", type=Path, metavar="BIDS_DIR", help="training dataset")
     parser.add_argument("--out", type=Path, required=True, metavar="MODEL.pt")
@@ -237,7 +248,8 @@ def training_pairs(target: TrainTarget, args: argparse.Namespace) -> list[dict[s
 def main_train(argv: Sequence[str]) -> int:
     """Entry point of ``mmreg train``."""
     if not argv or argv[0] in ("-h", "--help"):
-        lines = [f"  {t.name:<12} {t.description}" for t in TARGETS.values()]
+        width = max(len(name) for name in TARGETS) + 2
+        lines = [f"  {t.name:<{width}} {t.description}" for t in TARGETS.values()]
         print(
             "usage: mmreg train TARGET BIDS_DIR --out MODEL.pt [options]\n\n"
             "Fit a learned method on a BIDS dataset. Targets:\n" + "\n".join(lines) + "\n\n"

@@ -88,6 +88,11 @@ def _preprocess_channels(image: Image, options: PreprocessOptions) -> Image:
 def prepare(fixed_path: str, moving_path: str, options: PreprocessOptions) -> PreparedPair:
     """Validate and preprocess both images and compute the pre-alignment."""
     planar = load_pair(fixed_path, moving_path, coronal_slice=options.coronal_slice)
+    return prepare_loaded(planar, options)
+
+
+def prepare_loaded(planar: PlanarPair, options: PreprocessOptions) -> PreparedPair:
+    """:func:`prepare` for a pair already loaded with :func:`load_pair`."""
     fixed, moving = planar.fixed, planar.moving
     fixed_pre = _preprocess_channels(fixed, options)
     moving_pre = _preprocess_channels(moving, options)

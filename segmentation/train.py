@@ -33,8 +33,10 @@ __all__ = [
     "TrainedSegmenter",
     "dice_per_class",
     "predict",
+    "predict_proba",
     "soft_dice_loss",
     "train_segmenter",
+    "validation_count",
 ]
 
 
@@ -97,6 +99,18 @@ def dice_per_class(pred: npt.NDArray, truth: npt.NDArray, n_classes: int) -> lis
     return out
 
 
+def validation_count(n: int, fraction: float) -> int:
+    """Items held out of ``n`` for ``fraction``: at least one, and never all of them.
+
+    Example:
+        >>> validation_count(10, 0.2), validation_count(1, 0.2), validation_count(10, 0.0)
+        (2, 0, 0)
+    """
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, round(n * fraction)))
+
+
 def _augment(
     x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,10 +143,11 @@ def train_segmenter(
     settings: SegmenterTrainSettings,
     device: str = "cpu",
     progress: bool = True,
+    n_val: int | None = None,
 ) -> TrainedSegmenter:
     """Train a U-Net on ``images`` ``(C, H, W)`` with integer ``labels`` ``(H, W)``.
 
-    The last ``val_fraction`` of the items (at least one when there are two or more)
+    The last ``n_val`` items (default: :func:`validation_count` of ``val_fraction``)
     are held out; the epoch with the best mean validation Dice is kept.
     """
     from tqdm import tqdm
@@ -141,8 +156,10 @@ def train_segmenter(
         raise ValueError("need as many label maps as images, and at least one")
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
-    n_val = min(len(images) - 1, max(1, round(len(images) * settings.val_fraction)))
-    n_val = n_val if settings.val_fraction > 0 and len(images) > 1 else 0
+    if n_val is None:
+        n_val = validation_count(len(images), settings.val_fraction)
+    if not 0 <= n_val < len(images):
+        raise ValueError(f"n_val must leave at least one training item, got {n_val}")
     train_idx, val_idx = (
         list(range(len(images) - n_val)),
         list(range(len(images) - n_val, len(images))),
@@ -201,3 +218,13 @@ def predict(model: UNet2d, image: npt.NDArray, *, device: str = "cpu") -> npt.ND
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
     return model(x).argmax(1)[0].cpu().numpy().astype(np.int64)
+
+
+@torch.no_grad()
+def predict_proba(
+    model: UNet2d, image: npt.NDArray, *, device: str = "cpu"
+) -> npt.NDArray[np.float32]:
+    """Class probabilities ``(n_classes, H, W)`` for one image ``(C, H, W)``."""
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
+    return torch.softmax(model(x), dim=1)[0].cpu().numpy().astype(np.float32)
