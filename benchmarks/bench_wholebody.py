@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmreg.bids_app.group_matching import CSLS_K
 from mmreg.bids_app.landmark_groups import LANDMARK_GROUPS
 from mmreg.imaging.image import Image
 
@@ -254,6 +255,7 @@ def matching(
     n_swaps: int,
     label: str = "dense",
     angles: tuple[float, ...] = (0.0,),
+    hubness: bool = True,
 ) -> dict[str, Any]:
     """Retrieval, verification and swap detection with one contrastive model."""
     from mmreg.methods.contrastive import matching as mt
@@ -272,15 +274,22 @@ def matching(
 
     subjects = [p.subject for p in pairs]
     s = sims(pairs)
+    raw_summary = mt.summarize(s, subjects)
+    if hubness:  # as the group level scores (cross-domain similarity local scaling)
+        s = mt.csls(s, k=CSLS_K)
     threshold = None
     if calibration:
         cal = sims(calibration)
+        cal = mt.csls(cal, k=CSLS_K) if hubness else cal
         genuine_cal, _ = mt.true_pair_scores(cal, [p.subject for p in calibration])
         threshold = mt.calibrate_threshold(genuine_cal, 0.01)
     table = mt.match_table(s, subjects, threshold=threshold)
     table.insert(0, "model", label)
     summary = mt.summarize(s, subjects)
     summary.insert(0, "model", label)
+    summary["score"] = f"csls-{CSLS_K}" if hubness else "raw"
+    summary["raw_recall_at_1"] = float(raw_summary["recall_at_1"].iloc[0])
+    summary["raw_tpr_at_fpr_1pct"] = float(raw_summary["tpr_at_fpr_1pct"].iloc[0])
     swap = mt.swap_experiment(s, subjects, n_swaps, threshold=threshold, trials=200, seed=0)
     genuine, impostor = mt.true_pair_scores(s, subjects)
     roc = mt.roc_curve(genuine, impostor)
@@ -316,7 +325,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     angles = tuple(float(a) for a in args.match_angles.split(","))
     results = [
         matching(
-            pairs, calibration, models.get("contrastive"), out, n_swaps=args.swaps, angles=angles
+            pairs,
+            calibration,
+            models.get("contrastive"),
+            out,
+            n_swaps=args.swaps,
+            angles=angles,
+            hubness=not args.raw_scores,
         )
     ]
     if args.global_model:
@@ -427,12 +442,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, required=True)
     run.add_argument("--seed", type=int, default=1000, help="first phantom seed (test cohort)")
     run.add_argument("--subjects", type=int, default=60)
-    run.add_argument("--calibration-subjects", type=int, default=30)
+    run.add_argument("--calibration-subjects", type=int, default=60)
     run.add_argument("--methods", default=DEFAULT_METHODS)
     run.add_argument("--fixed", choices=("dxa", "mr"), default="dxa")
     run.add_argument("--swaps", type=int, default=5, help="swapped pairs per trial")
     run.add_argument(
         "--match-angles", default="0", help="MR rotations (deg) searched for matching, e.g. -4,0,4"
+    )
+    run.add_argument(
+        "--raw-scores", action="store_true", help="match on raw similarities (no CSLS)"
     )
     run.add_argument("--contrastive-model", default=None, help="default: shipped weights")
     run.add_argument("--refine-model", default=None, help="default: shipped weights")

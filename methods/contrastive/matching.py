@@ -42,6 +42,7 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "SwapResult",
     "calibrate_threshold",
+    "csls",
     "equal_error_rate",
     "figure_png",
     "match_table",
@@ -278,6 +279,29 @@ def summarize(
         **verification(genuine, impostor),
     }
     return pd.DataFrame([row], columns=list(SUMMARY_COLUMNS))
+
+
+def csls(similarity: npt.ArrayLike, k: int = 10) -> FloatArray:
+    """Cross-domain similarity local scaling (Conneau et al. 2018): ``2 s(a, b) - r_a - r_b``,
+    ``r_a`` the mean similarity of DXA ``a`` to its ``k`` most similar MR scans (and
+    ``r_b`` likewise for MR ``b``).
+
+    A scan that resembles every scan of the other modality (a "hub": typical build,
+    typical field of view) no longer wins every query; a cohort-level correction, so it
+    needs the whole similarity matrix (``k`` is capped at its size).
+
+    Example:
+        >>> s = np.array([[0.9, 0.2, 0.1], [0.8, 0.7, 0.1], [0.85, 0.1, 0.75]])
+        >>> [int(np.argmax(row)) for row in s]  # MR 0 is a hub: every DXA's raw best
+        [0, 0, 0]
+        >>> [int(np.argmax(row)) for row in csls(s, k=2)]
+        [0, 1, 2]
+    """
+    s = np.asarray(similarity, dtype=np.float64)
+    k = max(1, min(int(k), s.shape[0], s.shape[1]))
+    r_dxa = np.sort(s, axis=1)[:, -k:].mean(axis=1)
+    r_mr = np.sort(s, axis=0)[-k:, :].mean(axis=0)
+    return 2.0 * s - r_dxa[:, None] - r_mr[None, :]
 
 
 def calibrate_threshold(genuine: npt.ArrayLike, false_alarm_rate: float = 0.01) -> float:

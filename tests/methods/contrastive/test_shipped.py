@@ -1,0 +1,50 @@
+"""The shipped contrastive weights: verified, documented, and aligning an unseen phantom."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from mmreg.imaging.image import Image
+from mmreg.methods import get_method
+from mmreg.methods.contrastive import register as _contrastive  # noqa: F401  (the names)
+from mmreg.models import default_model_path, load_checkpoint
+
+SHIPPED = default_model_path("contrastive")
+pytestmark = pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped contrastive weights")
+
+
+def test_shipped_checkpoint_is_small_verified_and_documented() -> None:
+    assert SHIPPED.stat().st_size <= 3 * 1024 * 1024
+    checkpoint = load_checkpoint(SHIPPED, method="contrastive")
+    training = checkpoint.metadata["training"]
+    # Trained on phantom seeds from 20,000,000: disjoint from every seed tests use.
+    first, last = training["phantom_seeds"]
+    assert 20_000_000 <= first <= last
+    assert training["history"] and training["wall_time_s"] > 0
+    assert training["command"]
+
+
+def test_shipped_weights_align_an_unseen_phantom() -> None:
+    from mmreg.imaging.phantoms.wholebody import LANDMARK_NAMES, generate_wholebody_subject
+    from mmreg.imaging.slice_synthesis import synthesize_coronal_slice
+
+    torch.set_num_threads(1)
+    subject = generate_wholebody_subject(7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mid = synthesize_coronal_slice([subject.mr_fat, subject.mr_water])
+    dxa = np.stack([subject.dxa_bone.data, subject.dxa_tissue.data], axis=-1)
+    mr = np.stack([im.data for im in mid.images], axis=-1)
+    fixed = Image(dxa.astype(np.float32), subject.dxa_bone.affine)
+    moving = Image(mr.astype(np.float32), mid.grid.affine)
+    points = np.array([subject.landmarks_dxa[k] for k in LANDMARK_NAMES])
+    truth = np.array([subject.landmarks_mr_slice[k] for k in LANDMARK_NAMES])
+    result = get_method("contrastive-dense").register(fixed, moving)
+    after = np.linalg.norm(result.transform.map_points(points) - truth, axis=1).mean()
+    before = np.linalg.norm(points - truth, axis=1).mean()
+    assert before > 80.0  # the phantom's scans are far apart in world coordinates
+    assert after < 30.0, (before, after)
