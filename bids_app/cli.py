@@ -55,7 +55,13 @@ DEFAULT_METHODS = ("ants-affine",)
 #: What ``mmreg demo`` runs per dataset when ``--methods`` is not given.
 DEMO_METHODS = {
     "brain": ("identity", "sitk-rigid", "ants-affine", "ants-syn"),
-    "wholebody": ("identity", "sitk-rigid", "ants-rigid"),
+    "wholebody": (
+        "identity",
+        "sitk-rigid",
+        "ants-rigid",
+        "contrastive-dense",
+        "contrastive-salient",
+    ),
 }
 
 SUBCOMMANDS = ("demo", "train")
