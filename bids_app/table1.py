@@ -233,8 +233,12 @@ def _figure(points: pd.DataFrame) -> bytes:
         for i, method in enumerate(methods):
             values = sub.loc[sub["method"] == method, "error_cm"].to_numpy()
             groups.append((f"{method}{suffix}", values, figures.method_colour(i)))
+    # Log scale: sub-centimetre methods and the raw start (~10 cm) share one axis.
     return figures.boxplot_groups(
-        groups, title="Keypoint transfer error (every landmark)", ylabel="error (cm)"
+        groups,
+        title="Keypoint transfer error (every landmark)",
+        ylabel="error (cm, log scale)",
+        logscale=True,
     )
 
 
