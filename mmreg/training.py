@@ -42,6 +42,7 @@ class BestEpoch:
         digits: Decimals on the progress bar.
         started: ``time.perf_counter()`` when the training began (default: now), for
             the summary's wall time.
+        score: The score an epoch must beat (default: none; the first epoch is best).
     """
 
     def __init__(
@@ -53,13 +54,14 @@ class BestEpoch:
         on_epoch: Callable[[Record], None] | None = None,
         digits: int = 3,
         started: float | None = None,
+        score: Any = None,
     ) -> None:
         self.module = module
         self.log = log
         self.bar = bar
         self.on_epoch = on_epoch
         self.digits = digits
-        self.score: Any = None
+        self.score: Any = score
         self.epoch = 0
         self.history: list[Record] = []
         self.started = time.perf_counter() if started is None else started
@@ -82,6 +84,11 @@ class BestEpoch:
         if self.on_epoch is not None:
             self.on_epoch(record)
         return better
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The best epoch's weights (CPU copies)."""
+        return self._state
 
     def restore(self) -> nn.Module:
         """The module with the best epoch's weights, on the CPU, in eval mode."""

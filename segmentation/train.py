@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from mmreg.segmentation.unet import UNet2d, UNetConfig
+from mmreg.training import BestEpoch
 
 __all__ = [
     "SegmenterTrainSettings",
@@ -172,9 +172,8 @@ def train_segmenter(
     )
     model = config.build().to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    history: list[dict[str, float]] = []
-    best_state, best_epoch, best_dice = copy.deepcopy(model.state_dict()), 0, -1.0
     bar = tqdm(range(settings.epochs), desc="unet", unit="epoch", disable=not progress)
+    best = BestEpoch(model, bar=bar, score=-1.0)
     for epoch in bar:
         model.train()
         losses = []
@@ -199,17 +198,10 @@ def train_segmenter(
             for i in scored
         ]
         record["val_dice"] = float(np.nanmean(scores))
-        history.append(record)
-        if record["val_dice"] > best_dice:
-            best_state, best_epoch, best_dice = (
-                copy.deepcopy(model.state_dict()),
-                epoch + 1,
-                record["val_dice"],
-            )
-        bar.set_postfix(loss=f"{record['loss']:.3f}", val_dice=f"{record['val_dice']:.3f}")
-    model.load_state_dict(best_state)
+        best.end_epoch(record, record["val_dice"])
+    model.load_state_dict(best.state)  # on the training device, unlike best.restore()
     model.eval()
-    return TrainedSegmenter(model, config, history, best_epoch, best_dice)
+    return TrainedSegmenter(model, config, best.history, best.epoch, best.score)
 
 
 @torch.no_grad()
