@@ -6,16 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from fileformats.application import Json
-from pydra.compose import python
 
 from mmreg.imaging.groundtruth import load_ground_truth
 from mmreg.imaging.image import save_image
 from mmreg.imaging.transform import Transform
 from mmreg.pipeline import Failure, clean_row, evaluate
 from mmreg.tasks._manifest import read_manifest
+from mmreg.tasks.define import task
 
 
-@python.define(outputs=["row"])
+@task(outputs=["row"])
 def EvaluatePair(
     pair: dict,
     result: Json,

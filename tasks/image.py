@@ -19,18 +19,18 @@ from pathlib import Path
 import numpy as np
 from fileformats.medimage import NiftiGz
 from fileformats.text import TextFile
-from pydra.compose import python
 
 from mmreg.imaging import preprocess
 from mmreg.imaging.image import Image, load_image, load_labels, save_image
 from mmreg.imaging.transform import Transform
+from mmreg.tasks.define import task
 
 
 def _out(name: str) -> Path:
     return Path.cwd() / name
 
 
-@python.define(outputs=["out_file"])
+@task(outputs=["out_file"])
 def ValidateImage(in_file: NiftiGz, ndim: int = 0) -> NiftiGz:
     """Check that an image can be registered; raise a one-line InputError if not.
 
@@ -45,14 +45,14 @@ def ValidateImage(in_file: NiftiGz, ndim: int = 0) -> NiftiGz:
     return in_file
 
 
-@python.define(outputs=["out_file"])
+@task(outputs=["out_file"])
 def ReorientImage(in_file: NiftiGz) -> NiftiGz:
     """Reorient to the closest canonical (RAS) orientation, without resampling."""
     image = preprocess.reorient_canonical(load_image(in_file.fspath))
     return NiftiGz(save_image(image, _out("reoriented.nii.gz")))
 
 
-@python.define(outputs=["out_file"])
+@task(outputs=["out_file"])
 def ResampleImage(in_file: NiftiGz, spacing: float = 2.0, order: int = 1) -> NiftiGz:
     """Resample onto an isotropic grid over the same field of view.
 
@@ -66,7 +66,7 @@ def ResampleImage(in_file: NiftiGz, spacing: float = 2.0, order: int = 1) -> Nif
     return NiftiGz(save_image(image, _out("resampled.nii.gz")))
 
 
-@python.define(outputs=["out_file", "mask_file"])
+@task(outputs=["out_file", "mask_file"])
 def MaskImage(in_file: NiftiGz) -> tuple[NiftiGz, NiftiGz]:
     """Zero the background outside the foreground mask; also write the mask."""
     image = load_image(in_file.fspath)
@@ -78,7 +78,7 @@ def MaskImage(in_file: NiftiGz) -> tuple[NiftiGz, NiftiGz]:
     return NiftiGz(masked), NiftiGz(mask_path)
 
 
-@python.define(outputs=["out_file"])
+@task(outputs=["out_file"])
 def NormalizeImage(
     in_file: NiftiGz, lower: float = 0.5, upper: float = 99.5, mask_file: NiftiGz | None = None
 ) -> NiftiGz:
@@ -89,7 +89,7 @@ def NormalizeImage(
     return NiftiGz(save_image(out, _out("normalized.nii.gz")))
 
 
-@python.define(outputs=["out_file"])
+@task(outputs=["out_file"])
 def PrealignImages(fixed: NiftiGz, moving: NiftiGz, mode: str = "com") -> TextFile:
     """Initial fixed->moving transform (``none``, ``com`` or ``moments``) as ITK text."""
     fixed_image = load_image(fixed.fspath)
@@ -98,7 +98,7 @@ def PrealignImages(fixed: NiftiGz, moving: NiftiGz, mode: str = "com") -> TextFi
     return TextFile(transform.write(_out("prealign_xfm.txt")))
 
 
-@python.define(outputs=["out_file"])
+@task(outputs=["out_file"])
 def ApplyTransform(
     moving: NiftiGz,
     reference: NiftiGz,

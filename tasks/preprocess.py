@@ -6,15 +6,15 @@ import time
 from pathlib import Path
 
 from fileformats.application import Json
-from pydra.compose import python
 
 from mmreg.imaging.image import save_channels, save_image
 from mmreg.imaging.preprocess import PreprocessOptions
 from mmreg.pipeline import Failure, prepare
 from mmreg.tasks._manifest import failed_manifest, write_manifest
+from mmreg.tasks.define import task
 
 
-@python.define(outputs=["prepared"])
+@task(outputs=["prepared"])
 def PreparePair(
     pair: dict,
     spacing: float = 2.0,

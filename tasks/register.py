@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from fileformats.application import Json
-from pydra.compose import python
 
 from mmreg.imaging.image import load_channels_into, load_image
 from mmreg.imaging.transform import Transform
@@ -13,9 +12,10 @@ from mmreg.models import verified_model_paths
 from mmreg.pipeline import Failure, PreparedPair, register
 from mmreg.runtime import limit_threads, resolve_device
 from mmreg.tasks._manifest import failed_manifest, read_manifest, write_manifest
+from mmreg.tasks.define import task
 
 
-@python.define(outputs=["result"])
+@task(outputs=["result"])
 def RegisterPair(
     prepared: Json,
     method: str,

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from fileformats.application import Json
 from fileformats.medimage import NiftiGz
-from pydra.compose import python
 
 from mmreg.atomic import atomic_path
 from mmreg.imaging.image import load_image, load_labels, save_image
@@ -25,13 +24,14 @@ from mmreg.imaging.slice_synthesis import (
     SpineNotFoundWarning,
     synthesize_coronal_slice,
 )
+from mmreg.tasks.define import task
 
 
 def _out(name: str) -> Path:
     return Path.cwd() / name
 
 
-@python.define(outputs=["out_files", "out_labels", "path_file", "found_spine"])
+@task(outputs=["out_files", "out_labels", "path_file", "found_spine"])
 def SynthesizeCoronalSlice(
     in_files: list[NiftiGz],
     roles: list[str] | None = None,

@@ -25,15 +25,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydra.compose import python, workflow
+from pydra.compose import workflow
 
 from mmreg.runtime import usable_cpus
+from mmreg.tasks.define import task
 from mmreg.tasks.evaluate import EvaluatePair
 from mmreg.tasks.preprocess import PreparePair
 from mmreg.tasks.register import RegisterPair
 
 
-@python.define(outputs=["rows"])
+@task(outputs=["rows"])
 def FlattenRows(rows: list[list[dict]]) -> list[dict]:
     """Concatenate the per-pair row lists of one subject, in pair order."""
     return [row for pair_rows in rows for row in pair_rows]
@@ -110,7 +111,7 @@ def SubjectWorkflow(pairs: list[dict], methods: list[str], options: dict) -> lis
     return flatten.rows
 
 
-@python.define(outputs=["rows"])
+@task(outputs=["rows"])
 def SubjectJob(
     pairs: list[dict], methods: list[str], options: dict, cache_root: str
 ) -> list[dict]:

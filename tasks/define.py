@@ -1,0 +1,52 @@
+"""One way to define mmreg's Pydra python tasks: functions that pickle by reference.
+
+Pydra hashes a python task by the source of its function (``inspect.getsource``), once
+in the submitting process and again in the worker that receives the pickled job. With
+``@python.define`` the module attribute of the task's name is the generated *class*,
+not the function, so cloudpickle cannot find the function by name and pickles it by
+value. cloudpickle 3.1.3 then gives it ``co_filename='<dynamic-code>'``: the worker
+cannot read its source, hashes the byte code instead, and Pydra stops every job with
+"Input field hashes have changed during the execution". Keeping the plain function
+importable under its own qualified name makes cloudpickle pickle it by reference, so
+both processes hash the same source whatever cloudpickle does with dynamic code.
+
+Example:
+    >>> import pickle
+    >>> import cloudpickle
+    >>> from mmreg.tasks.image import ReorientImage
+    >>> function = ReorientImage().function
+    >>> function.__qualname__
+    'ReorientImage_function'
+    >>> pickle.loads(cloudpickle.dumps(function)) is function  # by reference
+    True
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydra.compose import python
+
+#: Suffix of the module attribute that holds a task's plain function.
+FUNCTION_SUFFIX = "_function"
+
+
+def task(*, outputs: Sequence[str]) -> Callable[[Callable[..., Any]], Any]:
+    """``@python.define(outputs=...)`` whose function pickles by reference.
+
+    The function stays importable as ``<module>.<Name>_function`` (also its
+    ``__qualname__``); the task class keeps the function's name.
+    """
+
+    def wrap(function: Callable[..., Any]) -> Any:
+        name = function.__name__
+        if "<locals>" in function.__qualname__:
+            raise TypeError(f"{name}: define mmreg tasks at module level")
+        qualname = f"{name}{FUNCTION_SUFFIX}"
+        function.__qualname__ = qualname
+        setattr(sys.modules[function.__module__], qualname, function)
+        return python.define(function, outputs=list(outputs), name=name)
+
+    return wrap
