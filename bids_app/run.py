@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import threading
 import time
 from collections import defaultdict
@@ -19,13 +20,31 @@ from mmreg.atomic import atomic_write_text, remove_stale_temporaries
 from mmreg.bids_app import derivatives
 from mmreg.bids_app.config import Config, slurm_worker_kwargs
 from mmreg.bids_app.logs import LOGGER, setup_logging
+from mmreg.bids_app.query import MissingPair, Pair
+from mmreg.cache import check_seal, forget_workflows, purge_corrupt
 from mmreg.errors import InputError, MmregError, UsageError
+from mmreg.provenance import files_sha256
 from mmreg.runtime import limit_threads
 
 #: Exit codes of the contract.
 EXIT_OK, EXIT_SOME_FAILED, EXIT_SOFTWARE = 0, 65, 70
 
 os.environ.setdefault("NO_ET", "1")
+
+
+def use_work_dir_for_state(work_dir: str | os.PathLike[str]) -> None:
+    """Keep engine and library state under WORK_DIR, never under HOME.
+
+    Pydra's file-hash cache defaults to ``~/.cache/pydra`` and matplotlib's font cache to
+    ``~/.cache/matplotlib``: a missing or read-only HOME (a container, a cluster account)
+    must not fail a run, nor may a run write outside OUTPUT_DIR/WORK_DIR. A variable the
+    user has set is kept. Workers inherit the environment.
+    """
+    state = Path(work_dir) / ".state"
+    os.environ.setdefault("PYDRA_HASH_CACHE", str(state / "pydra-hashes"))
+    os.environ.setdefault("MPLCONFIGDIR", str(state / "matplotlib"))
+    for var in ("PYDRA_HASH_CACHE", "MPLCONFIGDIR"):
+        Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
 
 
 def _log_dir(config: Config) -> Path:
@@ -65,7 +84,9 @@ class _Progress:
         self._bar.close()
 
 
-def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any] = ()) -> int:
+def run_participant(
+    config: Config, pairs: Sequence[Pair], missing: Sequence[MissingPair] = ()
+) -> int:
     """Register every pair with every method and write the derivatives.
 
     Returns:
@@ -75,6 +96,7 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
     from mmreg.workflows.participant import init_participant_wf
 
     output_dir = Path(config.output_dir)
+    use_work_dir_for_state(config.work_dir)
     log_path = setup_logging(_log_dir(config), verbose=config.verbose)
     config.save(_log_dir(config) / "config.json")
     derivatives.write_dataset_description(output_dir, source=Path(config.bids_dir))
@@ -87,9 +109,16 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
     )
 
     by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    missing = list(missing)
+    label_table = _label_table(config)
     for pair in pairs:
         record = pair.to_dict()
         record["bids_dir"] = str(config.bids_dir)
+        try:
+            record["inputs_sha256"] = pair_inputs_sha256(pair, label_table)
+        except OSError as exc:  # vanished or unreadable since the query: this pair fails
+            missing.append(_unreadable(pair, exc))
+            continue
         by_subject[pair.subject].append(record)
     rows_by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
     # A run killed mid-write leaves hidden temporaries; only this run's subjects are
@@ -118,7 +147,7 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
             seed=config.random_seed,
             device=config.device,
             threads=config.omp_nthreads,
-            label_table=_label_table(config),
+            label_table=label_table,
             models=models,
             code=code_fingerprint(),
             granularity=config.granularity,
@@ -131,19 +160,29 @@ def run_participant(config: Config, pairs: Sequence[Any], missing: Sequence[Any]
             worker_kwargs["n_procs"] = nprocs
         elif config.worker == "slurm":
             worker_kwargs.update(slurm_worker_kwargs(config.worker_args))
-        started = time.time()
-        try:
-            with _Progress(cache_root, len(pairs) * len(config.methods)):
-                outputs = wf(worker=config.worker, cache_root=cache_root, **worker_kwargs)
-        except Exception as exc:
-            logging.getLogger("mmreg.engine").debug("workflow failed", exc_info=True)
-            reason, source = engine_failure_reason(exc, cache_root, since=started)
-            LOGGER.error(
-                "the workflow engine failed: %s; details in %s",
-                reason,
-                f"{source} and {log_path}" if source else log_path,
-            )
-            return EXIT_SOFTWARE
+        n_registrations = sum(len(r) for r in by_subject.values()) * len(config.methods)
+        # A second pass only when a cached result turned out to be gone or damaged.
+        for attempt in range(2):
+            for folder, why in purge_corrupt(cache_root):
+                LOGGER.info("work dir: recomputing %s (%s)", folder.name, why)
+            started = time.time()
+            try:
+                with _Progress(cache_root, n_registrations):
+                    outputs = wf(worker=config.worker, cache_root=cache_root, **worker_kwargs)
+            except Exception as exc:
+                logging.getLogger("mmreg.engine").debug("workflow failed", exc_info=True)
+                reason, source = engine_failure_reason(exc, cache_root, since=started)
+                LOGGER.error(
+                    "the workflow engine failed: %s; details in %s",
+                    reason,
+                    f"{source} and {log_path}" if source else log_path,
+                )
+                return EXIT_SOFTWARE
+            damaged = _damaged_results(outputs.rows)
+            if not damaged or attempt:
+                break
+            LOGGER.info("work dir: %d cached result(s) gone or damaged; recomputing", damaged)
+            forget_workflows(cache_root)
         for records, rows in zip(by_subject.values(), outputs.rows, strict=True):
             rows_by_subject[records[0]["subject"]].extend(
                 _write_rows(output_dir, records, rows, len(config.methods))
@@ -250,6 +289,45 @@ def engine_failure_reason(
     return " ".join(reason.split())[:300], None
 
 
+def pair_inputs_sha256(pair: Pair, label_table: str | None) -> str:
+    """sha256 over every file a pair's tasks read: images, channel siblings, ground truth.
+
+    Raises:
+        OSError: When one of them cannot be read.
+    """
+    from mmreg.imaging.planar import channel_siblings
+
+    images = [p for path in (pair.fixed, pair.moving) for p in channel_siblings(path)]
+    truth = (pair.fixed_dseg, pair.moving_dseg, pair.fixed_landmarks, pair.moving_landmarks)
+    return files_sha256([*images, *truth, label_table])
+
+
+def _unreadable(pair: Pair, exc: OSError) -> MissingPair:
+    name = Path(exc.filename).name if exc.filename else "an input file"
+    reason = f"{name}: {exc.strerror or exc}"
+    return MissingPair(pair.subject, pair.session, pair.fixed_label, pair.moving_label, reason)
+
+
+def _damaged_results(rows: Sequence[Sequence[dict[str, Any]]]) -> int:
+    """How many ok rows point at a cached file that is missing or no longer as written.
+
+    Damaged task folders are removed (:func:`mmreg.cache.check_seal`), so a rerun of the
+    workflow recomputes exactly them.
+    """
+    damaged = 0
+    for subject_rows in rows:
+        for row in subject_rows:
+            for key in ("_warped", "_transform"):
+                path = row.get(key)
+                if not path:
+                    continue
+                folder = Path(path).parent
+                if not Path(path).is_file() or check_seal(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    damaged += 1
+    return damaged
+
+
 def model_records(config: Config) -> dict[str, dict[str, str]]:
     """Path and sha256 of the weights of every learned family the run's methods use.
 
@@ -310,6 +388,7 @@ def run_group(config: Config) -> int:
     """Aggregate participant CSVs into ``group/`` and write the HTML report."""
     from mmreg.bids_app.group import run_group_level
 
+    use_work_dir_for_state(config.work_dir)
     setup_logging(_log_dir(config), verbose=config.verbose)
     config.save(_log_dir(config) / "config.json")
     paths = run_group_level(

@@ -225,7 +225,7 @@ if ((network)); then
 else
     net=(--network none)
     build_args+=(--build-arg OFFLINE=1)
-    stamp="$wheels/.complete-$variant-torch$torch_version-$(sha256sum "$repo/setup.cfg" | cut -c1-16)"
+    stamp="$wheels/.complete-$variant-torch$torch_version-$(cat "$repo/setup.cfg" "$repo/constraints.txt" | sha256sum | cut -c1-16)"
     if ((refresh_wheels)) || [[ ! -e $stamp ]]; then
         py=${PYTHON:-}
         if [[ -z $py ]]; then
@@ -275,7 +275,7 @@ EOF
             fi
         fi
         say "filling the wheelhouse $wheels (pip wheel: dependencies of mmreg for cp311 linux)"
-        if ! "${pipq[@]}" wheel -q -w "$wheels" "${torch_req[@]}" -r "$reqs" "setuptools>=69" wheel \
+        if ! "${pipq[@]}" wheel -q -w "$wheels" -c "$repo/constraints.txt" "${torch_req[@]}" -r "$reqs" "setuptools>=69" wheel \
             >"$work/pip-wheel.log" 2>&1; then
             grep -v "is ignored: it is neither a file nor a directory" "$work/pip-wheel.log" | tail -n 20 >&2
             die "pip wheel failed (see $work/pip-wheel.log)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import mmreg
@@ -43,4 +44,28 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def files_sha256(paths: Iterable[str | Path | None]) -> str:
+    """One hex sha256 over the names and bytes of ``paths`` (``None`` entries skipped).
+
+    The participant workflow puts it in each pair record, so the cache key follows the
+    CONTENT of the inputs: an image replaced under the same name is registered again.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "a.txt"
+        >>> _ = path.write_text("a")
+        >>> files_sha256([path, None]) == files_sha256([path])
+        True
+
+    Raises:
+        OSError: When a file cannot be read.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        if path is None:
+            continue
+        digest.update(str(path).encode() + b"\0" + sha256_file(path).encode())
     return digest.hexdigest()

@@ -23,11 +23,16 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydra.compose import python
+
+from mmreg.cache import seal
+from mmreg.interrupts import interrupts_watched, raise_if_interrupted
 
 #: Suffix of the module attribute that holds a task's plain function.
 FUNCTION_SUFFIX = "_function"
@@ -37,7 +42,10 @@ def task(*, outputs: Sequence[str]) -> Callable[[Callable[..., Any]], Any]:
     """``@python.define(outputs=...)`` whose function pickles by reference.
 
     The function stays importable as ``<module>.<Name>_function`` (also its
-    ``__qualname__``); the task class keeps the function's name.
+    ``__qualname__``); the task class keeps the function's name. Two more things every
+    task does: a SIGINT/SIGTERM during the task stops it even if a library swallowed the
+    signal (:mod:`mmreg.interrupts`; the engine then keeps no result), and a finished
+    task seals the files it wrote (:func:`mmreg.cache.seal`).
     """
 
     def wrap(function: Callable[..., Any]) -> Any:
@@ -45,8 +53,18 @@ def task(*, outputs: Sequence[str]) -> Callable[[Callable[..., Any]], Any]:
         if "<locals>" in function.__qualname__:
             raise TypeError(f"{name}: define mmreg tasks at module level")
         qualname = f"{name}{FUNCTION_SUFFIX}"
-        function.__qualname__ = qualname
-        setattr(sys.modules[function.__module__], qualname, function)
-        return python.define(function, outputs=list(outputs), name=name)
+
+        # Pydra hashes the source of ``function`` (inspect follows __wrapped__).
+        @functools.wraps(function)
+        def run_task(*args: Any, **kwargs: Any) -> Any:
+            with interrupts_watched() as watch:
+                outputs = function(*args, **kwargs)
+                raise_if_interrupted(watch)
+            seal(Path.cwd())
+            return outputs
+
+        run_task.__qualname__ = qualname
+        setattr(sys.modules[function.__module__], qualname, run_task)
+        return python.define(run_task, outputs=list(outputs), name=name)
 
     return wrap
