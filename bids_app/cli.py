@@ -37,6 +37,7 @@ from mmreg.bids_app.config import (
     WORKERS,
     Config,
 )
+from mmreg.bids_app.ownership import check_demo_dir, check_output_dir, check_writable_folder
 from mmreg.errors import MmregError, UsageError
 from mmreg.runtime import usable_cpus
 
@@ -131,10 +132,15 @@ def _seed(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+#: Working resolutions that fit a registration in memory and still resolve anatomy (mm).
+RESOLUTION_RANGE = (0.1, 20.0)
+
+
+def _resolution(text: str) -> float:
     value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    low, high = RESOLUTION_RANGE
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g} mm, got {text}")
     return value
 
 
@@ -429,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg.add_argument(
         "--resolution",
-        type=_positive_float,
+        type=_resolution,
         default=2.0,
         metavar="MM",
         help="isotropic working resolution in mm (default: %(default)s)",
@@ -595,6 +601,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     check_output_location(bids_dir, output_dir)
     work_dir = (args.work_dir or output_dir / "work").resolve()
     check_output_location(bids_dir, work_dir, option="--work-dir")
+    check_output_dir(output_dir, work_dir=work_dir)
+    check_writable_folder(work_dir, option="--work-dir")
     if args.ground_truth is not None:
         ground_truth: Path | None = args.ground_truth.resolve()
         if not ground_truth.is_dir():
@@ -674,8 +682,8 @@ def _main_demo(argv: Sequence[str]) -> int:
     args = build_demo_parser().parse_args(argv)
     _setup_logging(args.verbose)
     out = args.out.resolve()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a folder")
+    check_writable_folder(out, option="--out")
+    check_demo_dir(out / "bids")
     methods = parse_methods(args.methods, default=DEMO_METHODS[args.dataset])
     models = parse_models(args.model, methods, extra=("contrastive",))  # the group's matching
     _check_worker(args.worker)

@@ -20,6 +20,7 @@ import pandas as pd
 import mmreg
 from mmreg.atomic import atomic_copy, atomic_path, atomic_write_text
 from mmreg.bids_app import naming
+from mmreg.bids_app.ownership import OUTPUT_NAME
 
 #: Contract columns, in order; per-label and extra columns follow.
 CONTRACT_COLUMNS = (
@@ -68,7 +69,7 @@ def write_dataset_description(output_dir: Path, *, source: Path | None = None) -
     """``dataset_description.json`` of the derivatives dataset (and ``.bidsignore``)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     description: dict[str, Any] = {
-        "Name": "mmreg: cross-modality registration",
+        "Name": OUTPUT_NAME,
         "BIDSVersion": "1.10.0",
         "DatasetType": "derivative",
         "GeneratedBy": [

@@ -55,6 +55,8 @@ def EvaluatePair(
             fixed_landmarks=pair.get("fixed_landmarks"),
             moving_landmarks=pair.get("moving_landmarks"),
             label_table=label_table or None,
+            fixed_image=pair["fixed"],
+            moving_image=pair["moving"],
         )
         warped, metrics = evaluate(
             pair["fixed"], pair["moving"], transform, ground_truth, coronal_slice=coronal_slice
