@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from mmreg.imaging.groundtruth import GroundTruth, label_column, nanmean
+from mmreg.imaging.groundtruth import GroundTruth, label_column, matching_landmarks, nanmean
 from mmreg.imaging.image import Grid
 from mmreg.imaging.metrics import (
     dice,
@@ -45,8 +45,9 @@ def evaluate_transform(
     Returns:
         Columns ``dice_mean``, ``dice_<label>``, ``hd95_mean_mm``,
         ``hd95_<label>_mm``, ``tre_mean_mm``, ``tre_max_mm``, ``tre_<landmark>_mm``
-        per landmark (:func:`landmark_columns`) and ``n_landmarks`` (all prefixed);
-        NaN where the ground truth is missing.
+        per landmark (:func:`landmark_columns`) and ``n_landmarks``, the number of
+        landmarks whose names are in both files (the ones measured; all prefixed);
+        NaN where the ground truth is missing (TRE: when no landmark names match).
     """
     row: dict[str, float] = {}
     fixed_labels, moving_labels = ground_truth.fixed_labels, ground_truth.moving_labels
@@ -67,7 +68,7 @@ def evaluate_transform(
         if with_hd95:
             row[f"{prefix}hd95_mean_mm"] = math.nan
 
-    names = sorted(set(ground_truth.fixed_landmarks) & set(ground_truth.moving_landmarks))
+    names = matching_landmarks(ground_truth.fixed_landmarks, ground_truth.moving_landmarks)
     if names:
         fixed_pts = np.stack([ground_truth.fixed_landmarks[n] for n in names])
         moving_pts = np.stack([ground_truth.moving_landmarks[n] for n in names])

@@ -10,19 +10,27 @@ Formats (see the contract in ARCHITECTURE.md):
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from mmreg.errors import InputError
-from mmreg.imaging.image import Image, load_labels
+from mmreg.imaging.image import Image, describe_os_error, load_labels
 from mmreg.typing import PathLike
 
+LOG = logging.getLogger("mmreg.imaging.groundtruth")
+
 Landmarks = dict[str, npt.NDArray[np.float64]]
+T = TypeVar("T")
+#: Unmatched landmark names listed in a warning before "and N more".
+_MAX_NAMES_LISTED = 10
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,9 @@ class GroundTruth:
 def _read_tsv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     try:
         text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise InputError(f"{path.name}: {describe_os_error(exc, path)}") from None
+    except UnicodeDecodeError as exc:
         raise InputError(f"{path.name}: unreadable table ({type(exc).__name__})") from None
     rows = list(csv.DictReader(text.splitlines(), delimiter="\t"))
     header = set(rows[0].keys()) if rows else set(text.splitlines()[0].split("\t") if text else [])
@@ -99,6 +109,50 @@ def label_column(index: int, names: dict[int, str]) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_") or str(index)
 
 
+def matching_landmarks(fixed: Landmarks, moving: Landmarks) -> list[str]:
+    """The landmark names in both sets (the ones evaluated), sorted."""
+    return sorted(set(fixed) & set(moving))
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_NAMES_LISTED])
+    more = len(names) - _MAX_NAMES_LISTED
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def warn_unmatched_landmarks(
+    fixed: Landmarks, moving: Landmarks, *, fixed_name: str, moving_name: str
+) -> list[str]:
+    """Log a warning listing the landmark names found in only one of two files.
+
+    Returns:
+        The names in both (:func:`matching_landmarks`), which the TRE uses.
+    """
+    matched = matching_landmarks(fixed, moving)
+    only_fixed = sorted(set(fixed) - set(moving))
+    only_moving = sorted(set(moving) - set(fixed))
+    if not only_fixed and not only_moving:
+        return matched
+    parts = [
+        f"{len(names)} only in the {side} file ({_listed(names)})"
+        for names, side in ((only_fixed, "fixed"), (only_moving, "moving"))
+        if names
+    ]
+    outcome = (
+        f"TRE uses the {len(matched)} landmark(s) whose names match"
+        if matched
+        else "no landmark names match, so the TRE is not computed (NaN)"
+    )
+    LOG.warning(
+        "%s and %s: landmark names differ: %s; %s",
+        fixed_name,
+        moving_name,
+        "; ".join(parts),
+        outcome,
+    )
+    return matched
+
+
 def load_ground_truth(
     *,
     fixed_labels: PathLike | None = None,
@@ -106,18 +160,49 @@ def load_ground_truth(
     fixed_landmarks: PathLike | None = None,
     moving_landmarks: PathLike | None = None,
     label_table: PathLike | None = None,
+    fixed_image: PathLike | None = None,
+    moving_image: PathLike | None = None,
 ) -> GroundTruth:
-    """Read whichever ground-truth files exist for a pair."""
+    """Read whichever ground-truth files exist for a pair.
 
-    def maybe(path: PathLike | None, reader):
+    Args:
+        fixed_labels: Label map of the fixed image.
+        moving_labels: Label map of the moving image.
+        fixed_landmarks: Landmarks TSV of the fixed image.
+        moving_landmarks: Landmarks TSV of the moving image.
+        label_table: ``dseg.tsv`` naming the labels.
+        fixed_image: The fixed image: when given, its label map must be on its grid.
+        moving_image: The moving image: likewise.
+
+    Raises:
+        InputError: For an unreadable file, or a label map that is not on its image's
+            grid (naming both grids).
+
+    Landmarks whose names are in only one of the two files are left out of the TRE,
+    with a warning naming them.
+    """
+
+    def maybe(path: PathLike | None, reader: Callable[[PathLike], T]) -> T | None:
         return reader(path) if path and Path(path).exists() else None
 
+    def labels(image: PathLike | None) -> Callable[[PathLike], Image]:
+        return lambda path: load_labels(path, image=image)
+
     names = maybe(label_table, read_label_names) or {}
+    fixed_points = maybe(fixed_landmarks, read_landmarks) or {}
+    moving_points = maybe(moving_landmarks, read_landmarks) or {}
+    if fixed_points and moving_points:
+        warn_unmatched_landmarks(
+            fixed_points,
+            moving_points,
+            fixed_name=Path(str(fixed_landmarks)).name,
+            moving_name=Path(str(moving_landmarks)).name,
+        )
     return GroundTruth(
-        fixed_labels=maybe(fixed_labels, load_labels),
-        moving_labels=maybe(moving_labels, load_labels),
-        fixed_landmarks=maybe(fixed_landmarks, read_landmarks) or {},
-        moving_landmarks=maybe(moving_landmarks, read_landmarks) or {},
+        fixed_labels=maybe(fixed_labels, labels(fixed_image)),
+        moving_labels=maybe(moving_labels, labels(moving_image)),
+        fixed_landmarks=fixed_points,
+        moving_landmarks=moving_points,
         label_names=names,
     )
 

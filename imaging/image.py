@@ -11,7 +11,13 @@ Reading validates everything registration relies on and raises
 
 from __future__ import annotations
 
+import errno
 import gzip
+import itertools
+import logging
+import math
+import os
+import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +30,23 @@ from mmreg.atomic import atomic_path
 from mmreg.errors import InputError
 from mmreg.typing import Matrix4, PathLike
 
+LOG = logging.getLogger("mmreg.imaging.image")
+
 #: Fewest voxels along any spatial axis for an image to be registrable.
 MIN_VOXELS_PER_AXIS = 8
+#: Plausible voxel sizes, mm: anything outside is a header error (pixdim or its units).
+MIN_VOXEL_SIZE_MM = 1e-3
+MAX_VOXEL_SIZE_MM = 1e3
+#: Largest plausible field of view along one axis, mm (10 m).
+MAX_FIELD_OF_VIEW_MM = 1e4
+#: Most voxels a resampled grid may have (:func:`check_grid_size`): 2**30, 4 GiB as float32.
+MAX_GRID_VOXELS = 2**30
+#: qform and sform further apart than this (mm at a grid corner, or degrees between
+#: axes) are reported when both are set.
+QFORM_SFORM_TOLERANCE_MM = 1.0
+QFORM_SFORM_TOLERANCE_DEG = 1.0
+#: Two grids are the same when their corners are this close, in voxels (smallest voxel).
+SAME_GRID_TOLERANCE_VOXELS = 0.1
 
 
 @dataclass(frozen=True)
@@ -147,6 +168,208 @@ def _fail(path: Path, reason: str) -> InputError:
     return InputError(f"{path.name}: {reason}")
 
 
+#: One-line reasons for the operating-system errors reading a file can meet.
+_OS_REASONS = {
+    errno.ENOENT: "file not found",
+    errno.EACCES: "permission denied (the file is not readable by this user)",
+    errno.EPERM: "permission denied (the file is not readable by this user)",
+    errno.EISDIR: "is a directory, not a file",
+    errno.ENOTDIR: "a parent of the path is not a directory",
+    errno.ELOOP: "symbolic link loop (the link resolves back to itself)",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EIO: "input/output error while reading (damaged disk or network share?)",
+}
+
+#: Error numbers of the errors raised without one (nibabel's ``FileNotFoundError``).
+_OS_ERROR_KINDS: tuple[tuple[type[OSError], int], ...] = (
+    (FileNotFoundError, errno.ENOENT),
+    (PermissionError, errno.EACCES),
+    (IsADirectoryError, errno.EISDIR),
+)
+
+
+def describe_os_error(exc: OSError, path: PathLike, *, opened: bool = False) -> str:
+    """A one-line reason for an :class:`OSError` met reading ``path`` (no file name).
+
+    Args:
+        exc: The error.
+        path: The file being read.
+        opened: The file was there a moment before (it passed a ``stat``), so "not
+            found" means it disappeared while being read.
+
+    Example:
+        >>> import errno
+        >>> describe_os_error(OSError(errno.ELOOP, "loop"), "a.nii.gz")
+        'symbolic link loop (the link resolves back to itself)'
+    """
+    path = Path(path)
+    other = Path(exc.filename).name if isinstance(exc.filename, str) else path.name
+    code = exc.errno or next(
+        (code for kind, code in _OS_ERROR_KINDS if isinstance(exc, kind)), None
+    )
+    if code == errno.ENOENT and other == path.name:
+        if opened:
+            return "file disappeared while being read (deleted or moved by another process?)"
+        if path.is_symlink():
+            return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+    reason = _OS_REASONS.get(code or -1) or f"cannot read the file ({type(exc).__name__})"
+    return reason if other == path.name else f"{reason}: {other}"
+
+
+def _check_regular_file(path: Path) -> None:
+    """Raise :class:`InputError` unless ``path`` is a non-empty regular file."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise _fail(path, describe_os_error(exc, path)) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise _fail(path, "is a directory, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise _fail(path, "not a regular file (a device, pipe or socket)")
+    if info.st_size == 0:
+        raise _fail(path, "empty file (0 bytes)")
+
+
+def _open_nifti(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """The NIfTI image at ``path`` (header read, data not yet), or :class:`InputError`."""
+    _check_regular_file(path)
+    try:
+        img = nib.load(str(path))
+    except nib.filebasedimages.ImageFileError:
+        try:
+            broken = _is_broken_gzip(path)
+        except OSError as exc:
+            raise _fail(path, describe_os_error(exc, path, opened=True)) from None
+        if broken:
+            raise _fail(path, "corrupt or truncated file (gzip stream ends early)") from None
+        raise _fail(path, "not a NIfTI image (unrecognised file format)") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        raise _fail(path, describe_os_error(exc, path, opened=True)) from None
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+        raise _fail(path, f"corrupt or truncated file ({type(exc).__name__})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise _fail(path, f"not a NIfTI image ({type(img).__name__})")
+    return img
+
+
+def _spatial_shape(path: Path, shape: tuple[int, ...], ndim: int | None) -> tuple[int, ...]:
+    """The array shape :func:`load_image` returns for a file of ``shape``.
+
+    Trailing singleton axes beyond the third are dropped, and a single-slice volume
+    ``(X, Y, 1)`` is a 2D image unless ``ndim`` is 3.
+    """
+    shape = tuple(int(n) for n in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) > 3:
+        volumes = math.prod(shape[3:])
+        raise _fail(
+            path,
+            f"{len(shape)}D image with {volumes} volumes (shape {shape}) where a single "
+            "2D or 3D image is expected; extract one volume (e.g. with fslroi) first",
+        )
+    if len(shape) == 3 and shape[2] == 1 and ndim != 3:
+        shape = shape[:2]
+    if len(shape) < 2:
+        raise _fail(path, f"{len(shape)}D image (shape {shape}) where 2D or 3D is expected")
+    if ndim is not None and len(shape) != ndim:
+        raise _fail(path, f"{len(shape)}D image (shape {shape}) where {ndim}D is expected")
+    return shape
+
+
+def _mm(values: npt.ArrayLike) -> str:
+    """``1 x 1 x 2.5`` (no unit)."""
+    return " x ".join(f"{float(v):.4g}" for v in np.ravel(values))
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(path: Path, message: str) -> None:
+    """Log ``message`` as a warning, once per file and process (files are read often)."""
+    key = (str(path.resolve()), message)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        LOG.warning(message)
+
+
+def _check_qform_sform(path: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> None:
+    """Warn when a file sets both qform and sform and they place the image apart."""
+    sform, scode = img.get_sform(coded=True)
+    qform, qcode = img.get_qform(coded=True)
+    if not scode or not qcode or sform is None or qform is None:
+        return
+    if not (np.all(np.isfinite(sform)) and np.all(np.isfinite(qform))):
+        return
+    shape = [*(int(n) for n in img.shape[:3]), 1, 1][:3]
+    corners = np.array(list(itertools.product(*[(0, max(n - 1, 0)) for n in shape])), float)
+    hom = np.c_[corners, np.ones(len(corners))]
+    shift = float(np.max(np.linalg.norm((hom @ (sform - qform).T)[:, :3], axis=1)))
+    angle = 0.0
+    for k in range(3):
+        s, q = np.linalg.norm(sform[:3, k]), np.linalg.norm(qform[:3, k])
+        if s > 0 and q > 0:
+            cos = float(np.dot(sform[:3, k], qform[:3, k]) / (s * q))
+            angle = max(angle, math.degrees(math.acos(min(1.0, max(-1.0, cos)))))
+    if shift > QFORM_SFORM_TOLERANCE_MM or angle > QFORM_SFORM_TOLERANCE_DEG:
+        label = img.header.get_value_label("sform_code")
+        _warn_once(
+            path,
+            f"{path.name}: qform and sform disagree (by up to {shift:.3g} mm and "
+            f"{angle:.3g} degrees); using the sform (sform_code {scode}: {label}), "
+            "as nibabel does; the qform is ignored",
+        )
+
+
+def _checked_affine(
+    path: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[int, ...]
+) -> Matrix4:
+    """The voxel-to-world affine of an image of array ``shape``, validated."""
+    _check_qform_sform(path, img)
+    nd = len(shape)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise _fail(path, "singular or non-finite voxel-to-world affine")
+    lin = affine[:3, :nd]
+    sizes = np.linalg.norm(lin, axis=0)
+    if np.any(sizes == 0) or np.linalg.matrix_rank(lin / sizes, tol=1e-6) < nd:
+        raise _fail(path, "singular or non-finite voxel-to-world affine")
+    if np.any(sizes < MIN_VOXEL_SIZE_MM) or np.any(sizes > MAX_VOXEL_SIZE_MM):
+        units = img.header.get_xyzt_units()[0]
+        raise _fail(
+            path,
+            f"implausible voxel size {_mm(sizes)} mm (allowed {MIN_VOXEL_SIZE_MM:g} to "
+            f"{MAX_VOXEL_SIZE_MM:g} mm per axis; header units: {units}); "
+            "the header's pixdim or affine is probably wrong",
+        )
+    fov = sizes * np.asarray(shape)
+    if np.any(fov > MAX_FIELD_OF_VIEW_MM):
+        raise _fail(
+            path,
+            f"implausible field of view {_mm(fov)} mm (voxel size {_mm(sizes)} mm, "
+            f"shape {shape}; at most {MAX_FIELD_OF_VIEW_MM / 1000:g} m per axis); "
+            "the header's pixdim or affine is probably wrong",
+        )
+    if nd == 2 and abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        # A 2D image needs a valid third axis for world maths; complete it.
+        affine = affine.copy()
+        normal = np.cross(affine[:3, 0], affine[:3, 1])
+        affine[:3, 2] = normal / np.linalg.norm(normal)
+    return affine
+
+
+def read_grid(path: PathLike, *, ndim: int | None = None) -> Grid:
+    """The grid :func:`load_image` would give ``path``, from its header alone.
+
+    Raises:
+        InputError: As :func:`load_image`, for everything but the data themselves.
+    """
+    path = Path(path)
+    img = _open_nifti(path)
+    shape = _spatial_shape(path, img.shape, ndim)
+    return Grid(shape, _checked_affine(path, img, shape))
+
+
 def load_image(
     path: PathLike,
     *,
@@ -155,6 +378,9 @@ def load_image(
     check_contents: bool = True,
 ) -> Image:
     """Read and validate a NIfTI image.
+
+    Complex data are read as their magnitude (with a warning). When both the qform
+    and the sform are set and they disagree, the sform is used (with a warning).
 
     Args:
         path: A ``.nii`` or ``.nii.gz`` file.
@@ -165,53 +391,30 @@ def load_image(
             register (turn off for label maps, which may legitimately be empty).
 
     Raises:
-        InputError: With a one-line reason, for a missing, empty, truncated or
-            non-NIfTI file, non-finite or constant data, wrong dimensionality,
-            a singular affine or an image too small to register.
+        InputError: With a one-line reason, for a missing, unreadable, empty,
+            truncated or non-NIfTI file (or a directory), non-finite or constant
+            data, wrong dimensionality or several volumes, a singular affine, an
+            implausible voxel size or field of view, or an image too small to register.
     """
     path = Path(path)
-    if not path.exists():
-        raise _fail(path, "file not found")
-    if not path.is_file():
-        raise _fail(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise _fail(path, "empty file (0 bytes)")
-    try:
-        img = nib.load(str(path))
-    except nib.filebasedimages.ImageFileError:
-        if _is_broken_gzip(path):
-            raise _fail(path, "corrupt or truncated file (gzip stream ends early)") from None
-        raise _fail(path, "not a NIfTI image (unrecognised file format)") from None
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
-        raise _fail(path, f"corrupt or truncated file ({type(exc).__name__})") from None
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise _fail(path, f"not a NIfTI image ({type(img).__name__})")
+    img = _open_nifti(path)
+    shape = _spatial_shape(path, img.shape, ndim)
+    affine = _checked_affine(path, img, shape)
     try:
         data = np.asanyarray(img.dataobj)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        raise _fail(path, describe_os_error(exc, path, opened=True)) from None
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
         raise _fail(path, f"corrupt or truncated image data ({type(exc).__name__})") from None
+    data = data.reshape(shape)
 
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim > 3:
-        raise _fail(path, f"{data.ndim}D image (shape {data.shape}) where 2D or 3D is expected")
-    if data.ndim == 3 and data.shape[2] == 1 and ndim != 3:
-        data = data[:, :, 0]
-    if data.ndim < 2:
-        raise _fail(path, f"{data.ndim}D image (shape {data.shape}) where 2D or 3D is expected")
-    if ndim is not None and data.ndim != ndim:
-        raise _fail(path, f"{data.ndim}D image (shape {data.shape}) where {ndim}D is expected")
-
-    affine = np.asarray(img.affine, dtype=np.float64)
-    lin = affine[:3, :3][:, : data.ndim]
-    if not np.all(np.isfinite(affine)) or np.linalg.matrix_rank(lin, tol=1e-6) < data.ndim:
-        raise _fail(path, "singular or non-finite voxel-to-world affine")
-    if data.ndim == 2 and abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        # A 2D image needs a valid third axis for world maths; complete it.
-        affine = affine.copy()
-        normal = np.cross(affine[:3, 0], affine[:3, 1])
-        affine[:3, 2] = normal / np.linalg.norm(normal)
-
+    if np.iscomplexobj(data):
+        _warn_once(
+            path,
+            f"{path.name}: complex-valued data ({data.dtype}); using the magnitude "
+            "(the phase is discarded)",
+        )
+        data = np.abs(data)
     if not np.issubdtype(data.dtype, np.number):
         raise _fail(path, f"unsupported data type {data.dtype}")
     out = np.asarray(data, dtype=dtype)
@@ -221,12 +424,33 @@ def load_image(
 
 
 def check_registrable(data: npt.NDArray, *, name: str) -> None:
-    """Raise :class:`InputError` if ``data`` cannot be registered."""
-    small = [s for s in data.shape if s < MIN_VOXELS_PER_AXIS]
-    if small:
+    """Raise :class:`InputError` if ``data`` cannot be registered.
+
+    Every axis needs :data:`MIN_VOXELS_PER_AXIS` voxels: a stack of two slices is
+    neither a 3D volume nor a 2D image, and a 3D array with one voxel along its first
+    or second axis is not how a 2D image is stored (``(X, Y)`` or ``(X, Y, 1)``).
+    """
+    shape = tuple(int(n) for n in data.shape)
+    thin = [(axis, n) for axis, n in enumerate(shape) if n < MIN_VOXELS_PER_AXIS]
+    if thin:
+        axis, n = thin[0]
+        what = "slice" if len(shape) == 3 and axis == 2 else "voxel"
+        count = f"only {n} {what}{'' if n == 1 else 's'}"
+        slab = len(shape) == 3 and all(
+            m >= MIN_VOXELS_PER_AXIS for other, m in enumerate(shape) if other != axis
+        )
+        if slab and n == 1 and axis == 2:
+            hint = "; a single slice is a 2D image, and a 3D one is needed here"
+        elif slab and n == 1:
+            hint = "; a 2D image must be stored as (X, Y) or (X, Y, 1)"
+        elif slab:
+            hint = "; a stack this thin is not a 3D volume (give one slice as a 2D image)"
+        else:
+            hint = ""
         raise InputError(
-            f"{name}: image too small to register (shape {tuple(data.shape)}; "
-            f"need at least {MIN_VOXELS_PER_AXIS} voxels along each axis)"
+            f"{name}: image too small to register: {count} along axis {axis} "
+            f"(shape {shape}); need at least {MIN_VOXELS_PER_AXIS} voxels along each "
+            f"axis{hint}"
         )
     finite = np.isfinite(data)
     if not finite.all():
@@ -237,12 +461,95 @@ def check_registrable(data: npt.NDArray, *, name: str) -> None:
         raise InputError(f"{name}: image is constant (all voxels = {value:g})")
 
 
-def load_labels(path: PathLike, *, ndim: int | None = None) -> Image:
-    """Read an integer label map (no contents check beyond readability)."""
+def check_grid_size(grid: Grid, spacing: float, *, name: str = "image") -> tuple[int, ...]:
+    """Shape of ``grid``'s field of view resampled to ``spacing`` mm voxels, refusing
+    grids of more than :data:`MAX_GRID_VOXELS` voxels.
+
+    The voxel counts are those of
+    :func:`~mmreg.imaging.preprocess.isotropic_grid_affine`; call this before
+    allocating the resampled array.
+
+    Raises:
+        InputError: The resampled grid would be too large (naming the voxel size and
+            the field of view, which point at a wrong header).
+
+    Example:
+        >>> check_grid_size(Grid((10, 20, 5), np.diag([2.0, 1.0, 4.0, 1.0])), 2.0)
+        (10, 10, 10)
+    """
+    spacing = float(spacing)
+    if not math.isfinite(spacing) or spacing <= 0:
+        raise ValueError(f"spacing must be a positive number of mm, got {spacing!r}")
+    sizes = np.asarray(grid.spacing)
+    fov = np.asarray(grid.shape, dtype=np.float64) * sizes
+    counts = [max(1.0, math.floor(f / spacing + 0.5)) for f in fov]
+    total = math.prod(counts)
+    if total > MAX_GRID_VOXELS:
+        raise InputError(
+            f"{name}: resampling to {spacing:g} mm voxels would need {total:.3g} voxels "
+            f"(more than {MAX_GRID_VOXELS:.3g}): field of view {_mm(fov)} mm, voxel size "
+            f"{_mm(sizes)} mm, shape {tuple(grid.shape)}; check the voxel size in the header"
+        )
+    return tuple(int(n) for n in counts)
+
+
+def check_same_grid(
+    grid: Grid,
+    reference: Grid,
+    *,
+    name: str,
+    reference_name: str,
+    what: str = "label map",
+) -> None:
+    """Raise :class:`InputError` unless ``grid`` is ``reference`` (same shape, and
+    corners within :data:`SAME_GRID_TOLERANCE_VOXELS` of the smallest voxel).
+
+    Args:
+        grid: The grid to check (a label map's).
+        reference: The grid it must be on (its image's).
+        name: File name of ``grid``, for the message.
+        reference_name: File name of ``reference``.
+        what: What ``grid`` is, for the message.
+    """
+    same = tuple(grid.shape) == tuple(reference.shape)
+    if same:
+        corners = np.array(
+            list(itertools.product(*[(0, max(n - 1, 0)) for n in reference.shape])), float
+        )
+        apart = np.linalg.norm(grid.voxel_to_world(corners) - reference.voxel_to_world(corners), 1)
+        same = float(apart.max()) <= SAME_GRID_TOLERANCE_VOXELS * min(reference.spacing)
+    if not same:
+        raise InputError(
+            f"{name}: {what} grid ({_describe_grid(grid)}) is not the grid of its image "
+            f"{reference_name} ({_describe_grid(reference)}); resample it onto the image's "
+            "grid (nearest neighbour)"
+        )
+
+
+def _describe_grid(grid: Grid) -> str:
+    origin = ", ".join(f"{v:.4g}" for v in grid.affine[:3, 3])
+    return f"shape {tuple(grid.shape)}, voxel {_mm(grid.spacing)} mm, origin ({origin}) mm"
+
+
+def load_labels(
+    path: PathLike, *, ndim: int | None = None, image: PathLike | Grid | None = None
+) -> Image:
+    """Read an integer label map (no contents check beyond readability).
+
+    Args:
+        path: The label map.
+        ndim: Required spatial dimensionality.
+        image: The image (its file, or its grid) the labels belong to: the label map
+            must be on its grid (:func:`check_same_grid`).
+    """
     img = load_image(path, ndim=ndim, dtype=np.float64, check_contents=False)
     data = img.data
     if not np.all(np.isfinite(data)):
         raise InputError(f"{Path(path).name}: label map contains NaN/Inf")
+    if image is not None:
+        reference = image if isinstance(image, Grid) else read_grid(image, ndim=ndim)
+        reference_name = "image" if isinstance(image, Grid) else Path(image).name
+        check_same_grid(img.grid, reference, name=Path(path).name, reference_name=reference_name)
     return Image(np.rint(data).astype(np.int32), img.affine)
 
 

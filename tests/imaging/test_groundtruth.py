@@ -40,3 +40,23 @@ def test_label_table_and_columns(tmp_path):
     assert names == {1: "CSF", 2: "Grey matter"}
     assert label_column(2, names) == "Grey_matter"
     assert label_column(9, names) == "9"
+
+
+def test_a_directory_instead_of_a_table(tmp_path):
+    (tmp_path / "lm.tsv").mkdir()
+    with pytest.raises(InputError, match=r"lm\.tsv: is a directory, not a file"):
+        read_landmarks(tmp_path / "lm.tsv")
+
+
+def test_labels_on_their_image_grid_are_accepted(tmp_path):
+    import nibabel as nib
+
+    from mmreg.imaging.groundtruth import load_ground_truth
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).random((9, 9, 9)), affine), tmp_path / "i.nii"
+    )
+    nib.save(nib.Nifti1Image(np.ones((9, 9, 9), np.int16), affine), tmp_path / "l.nii")
+    truth = load_ground_truth(fixed_labels=tmp_path / "l.nii", fixed_image=tmp_path / "i.nii")
+    assert truth.fixed_labels is not None and int(truth.fixed_labels.data.sum()) == 9**3

@@ -111,3 +111,48 @@ def test_channels_round_trip_through_a_file(tmp_path) -> None:
         load_channels_into(Image(np.zeros((5, 5), np.float32)), path)
     with pytest.raises(ValueError, match="channels"):
         Image(np.zeros((9, 7), np.float32), channels=np.zeros((9, 6, 2)))
+
+
+def test_broken_symlink_names_its_target(tmp_path):
+    link = tmp_path / "annexed.nii.gz"
+    link.symlink_to(tmp_path / "not-fetched.nii.gz")
+    with pytest.raises(InputError, match=r"broken symbolic link .*not-fetched\.nii\.gz"):
+        load_image(link)
+
+
+def test_read_grid_is_the_grid_load_image_gives(tmp_path, rng):
+    from mmreg.imaging.image import read_grid
+
+    affine = np.diag([2.0, 1.5, 3.0, 1.0])
+    path = _nifti(tmp_path / "s.nii.gz", rng.random((12, 14, 1)).astype(np.float32), affine)
+    grid, image = read_grid(path), load_image(path)
+    assert grid.shape == image.shape == (12, 14)
+    np.testing.assert_array_equal(grid.affine, image.affine)
+
+
+def test_same_grid_tolerates_rounding_but_not_a_voxel_shift():
+    from mmreg.imaging.image import check_same_grid
+
+    grid = Grid((10, 10, 10), np.diag([2.0, 2.0, 2.0, 1.0]))
+    rounded = Grid((10, 10, 10), grid.affine + 1e-5)
+    check_same_grid(rounded, grid, name="l.nii.gz", reference_name="i.nii.gz")
+    shifted = grid.affine.copy()
+    shifted[0, 3] = 2.0
+    with pytest.raises(InputError, match=r"^l\.nii\.gz: label map grid .* i\.nii\.gz"):
+        check_same_grid(
+            Grid((10, 10, 10), shifted), grid, name="l.nii.gz", reference_name="i.nii.gz"
+        )
+
+
+def test_rotated_sform_against_qform_is_reported(tmp_path, rng, caplog):
+    import logging
+
+    img = nib.Nifti1Image(rng.random((10, 10, 10)).astype(np.float32), np.eye(4))
+    c, s = np.cos(np.radians(5)), np.sin(np.radians(5))
+    rotated = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    img.set_sform(rotated, code=2)
+    img.set_qform(np.eye(4), code=1)
+    nib.save(img, tmp_path / "rot.nii.gz")
+    with caplog.at_level(logging.WARNING, logger="mmreg"):
+        load_image(tmp_path / "rot.nii.gz")
+    assert any("and 5 degrees); using the sform" in r.getMessage() for r in caplog.records)
