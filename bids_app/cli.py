@@ -31,7 +31,6 @@ import mmreg
 from mmreg.bids_app.config import (
     DEVICES,
     GRANULARITIES,
-    PREALIGN_MODES,
     SLURM_OPTIONS,
     WORKER_ARG_KEYS,
     WORKERS,
@@ -39,6 +38,8 @@ from mmreg.bids_app.config import (
 )
 from mmreg.bids_app.ownership import check_demo_dir, check_output_dir, check_writable_folder
 from mmreg.errors import MmregError, UsageError
+from mmreg.imaging.preprocess import DEFAULT_PREALIGN, PREALIGN_MODES
+from mmreg.interrupts import EXIT_INTERRUPTED, Interrupted, interrupts_watched
 from mmreg.runtime import usable_cpus
 
 EXIT_OK = 0
@@ -48,7 +49,6 @@ EXIT_NOT_BIDS = 16
 EXIT_NO_MATCH = 18
 EXIT_SOME_FAILED = 65
 EXIT_SOFTWARE = 70
-EXIT_INTERRUPTED = 130
 
 #: The default when --methods is not given: robust across contrasts and poses.
 DEFAULT_METHODS = ("ants-affine",)
@@ -443,9 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--prealign",
         choices=PREALIGN_MODES,
-        default="com",
-        help="initial alignment: none, com (centres of mass), moments "
-        "(principal axes) (default: %(default)s)",
+        default=DEFAULT_PREALIGN,
+        help="initial alignment: auto (keep the scanner's header alignment unless the "
+        "centres of mass match the images clearly better), none, com (centres of mass), "
+        "moments (principal axes) (default: %(default)s)",
     )
     reg.add_argument(
         "--mask",
@@ -721,18 +722,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = sum(a.count("v") for a in argv if a.startswith("-v") and set(a[1:]) == {"v"})
     verbose += argv.count("--verbose")
     try:
-        if argv and argv[0] == "demo":
-            return _main_demo(argv[1:])
-        if argv and argv[0] == "train":
-            return _main_train(argv[1:])
-        return _main_bids_app(argv)
+        # SIGTERM (kill, scancel) stops a run as Ctrl-C does: exit 130, nothing recorded.
+        with interrupts_watched():
+            if argv and argv[0] == "demo":
+                return _main_demo(argv[1:])
+            if argv and argv[0] == "train":
+                return _main_train(argv[1:])
+            return _main_bids_app(argv)
     except _Exit as done:
         return done.status
     except MmregError as error:
         print(f"mmreg: error: {error}", file=sys.stderr)
         return _exit_code(error)
-    except KeyboardInterrupt:
-        print("mmreg: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        how = str(stop) if isinstance(stop, Interrupted) else "interrupted"
+        print(
+            f"mmreg: {how}; finished work is kept in the work dir: rerun the same "
+            "command to resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except Exception as error:  # a bug: one line unless -v asked for details
         if verbose:

@@ -19,12 +19,12 @@ from typing import Any
 
 import mmreg
 from mmreg.atomic import atomic_write_text
+from mmreg.imaging.preprocess import DEFAULT_PREALIGN, PREALIGN_MODES
 
 ANALYSIS_LEVELS = ("participant", "group")
 WORKERS = ("debug", "cf", "slurm")
 GRANULARITIES = ("auto", "task", "subject")
 DEVICES = ("auto", "cpu", "cuda")
-PREALIGN_MODES = ("none", "com", "moments")
 #: ``--worker-args`` keys that become sbatch options for the slurm worker. Two more keys:
 #: ``poll`` (seconds between job-state checks) and ``sbatch`` (raw options, appended as given).
 SLURM_OPTIONS: dict[str, str] = {
@@ -132,7 +132,7 @@ class Config:
     random_seed: int = 0
     device: str = "auto"
     resolution: float = 2.0
-    prealign: str = "com"
+    prealign: str = DEFAULT_PREALIGN
     mask: bool = False
     coronal_slice: bool = False
     max_pairs: int | None = None

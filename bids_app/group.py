@@ -12,7 +12,11 @@ and MR) with contrastive weights at hand, ``group/matching.csv`` and
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from mmreg.atomic import atomic_path
-from mmreg.bids_app.derivatives import order_columns
+from mmreg.bids_app.derivatives import CONTRACT_COLUMNS, order_columns
+from mmreg.bids_app.query import is_bids_label
 from mmreg.bids_app.table1 import keypoint_errors, table1, table1_section
 from mmreg.errors import InputError
 
@@ -53,22 +58,118 @@ FLOAT_FORMAT = "%.6g"
 #: Subjects that get per-subject figures in the report, by default.
 DEFAULT_MAX_SUBJECTS = 20
 
+#: Columns without which a ``sub-*_evaluation.csv`` is not one of ours.
+REQUIRED_COLUMNS = ("subject", "method", "status")
+
+#: Contract columns that hold numbers; a stray word in them never makes them text.
+NUMERIC_COLUMNS = tuple(c for c in CONTRACT_COLUMNS if c not in TEXT_COLUMNS)
+
+#: Names listed in one warning line before it says "...".
+_SHOWN = 10
+
+
+class NoResultsError(InputError):
+    """The group level found no participant results to aggregate.
+
+    Exit code 66 (an input is missing): the group level's input is the participant
+    level's output, as BIDS_DIR is the participant level's input.
+    """
+
+    exit_code = 66
+
+
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
+
 
 def find_subject_csvs(output_dir: Path) -> list[Path]:
     """Per-participant evaluation CSVs under ``output_dir``, sorted by path."""
     return sorted(p for p in Path(output_dir).glob("sub-*/sub-*_evaluation.csv") if p.is_file())
 
 
+def _complete_rows(text: str) -> tuple[str, int]:
+    """``text`` without rows that a cut file left incomplete, and how many were dropped.
+
+    A row is incomplete when its number of fields differs from the header's (pandas
+    would fill the missing ones with NaN, or give up on the whole file for extra ones),
+    or when it is the last row and the file does not end with a newline: every CSV mmreg
+    writes does, so the file was cut inside that row (perhaps inside a number: "0.85"
+    cut to "0.8" still parses).
+    """
+    rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+    if not rows:
+        return text, 0
+    header, body = rows[0], rows[1:]
+    keep = [row for row in body if len(row) == len(header)]
+    if body and keep and keep[-1] is body[-1] and not text.endswith(("\n", "\r")):
+        keep.pop()
+    dropped = len(body) - len(keep)
+    if not dropped:
+        return text, 0
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\n").writerows([header, *keep])
+    return out.getvalue(), dropped
+
+
 def _read_csv(path: Path) -> pd.DataFrame | None:
-    """One participant's rows, or ``None`` (with a warning) for an unreadable file."""
+    """One participant's rows, or ``None`` (with a one-line warning) for an unusable file.
+
+    Unreadable and foreign files (without the ``subject``, ``method`` and ``status``
+    columns) are skipped; rows that a truncation left incomplete are dropped.
+    """
+    name = "/".join(path.parts[-2:])
     try:
-        header = pd.read_csv(path, nrows=0).columns
-        frame = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS if c in header})
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet may add a BOM
+        text, dropped = _complete_rows(text)
+        header = pd.read_csv(io.StringIO(text), nrows=0).columns
+        frame = pd.read_csv(io.StringIO(text), dtype={c: str for c in TEXT_COLUMNS if c in header})
+    except (OSError, ValueError, csv.Error, pd.errors.ParserError) as exc:
         # pandas' EmptyDataError is a ValueError: a 0-byte file from a killed run.
-        LOGGER.warning("skipping unreadable %s: %s", path, " ".join(str(exc).split()))
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        LOGGER.warning("skipping unreadable %s: %s", name, reason)
         return None
+    lacking = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if lacking:
+        LOGGER.warning(
+            "skipping %s: not an mmreg evaluation table (lacks column(s) %s)",
+            name,
+            ", ".join(lacking),
+        )
+        return None
+    if dropped:
+        LOGGER.warning(
+            "%s: dropped %d truncated row(s) (fewer fields than the header, or cut mid-row)",
+            name,
+            dropped,
+        )
     return frame
+
+
+def _numeric(df: pd.DataFrame, col: str) -> pd.Series | None:
+    """``df[col]`` as numbers when it is a numeric column, else ``None``.
+
+    A contract metric column, or one whose non-empty values are mostly numbers, is
+    numeric; its other values become NaN with a warning, so that one stray word (a
+    hand edit, a foreign row) does not turn the column into text and drop it from the
+    summary.
+    """
+    values = df[col]
+    numeric = pd.to_numeric(values, errors="coerce")
+    text = values.astype(str).str.strip()
+    bad = values.notna() & numeric.isna() & (text != "")
+    if not bad.any():
+        return numeric
+    if col not in NUMERIC_COLUMNS and numeric.notna().sum() <= bad.sum():
+        return None
+    subjects = sorted({f"sub-{s}" for s in df.loc[bad, "subject"]}) if "subject" in df else []
+    LOGGER.warning(
+        "column %s: %d value(s) that are not numbers ignored (e.g. %r in %s)",
+        col,
+        int(bad.sum()),
+        str(values[bad].iloc[0])[:40],
+        _shown(subjects),
+    )
+    return numeric
 
 
 def aggregate(output_dir: Path) -> pd.DataFrame:
@@ -83,12 +184,12 @@ def aggregate(output_dir: Path) -> pd.DataFrame:
         output_dir: The derivatives folder (``OUTPUT_DIR``).
 
     Raises:
-        InputError: If no readable ``sub-*/sub-*_evaluation.csv`` exists.
+        NoResultsError: If no usable ``sub-*/sub-*_evaluation.csv`` exists (exit code 66).
     """
     output_dir = Path(output_dir)
     frames = [f for f in (_read_csv(p) for p in find_subject_csvs(output_dir)) if f is not None]
     if not frames:
-        raise InputError(
+        raise NoResultsError(
             f"no participant results found under {output_dir} "
             "(expected sub-*/sub-*_evaluation.csv; run the participant level first)"
         )
@@ -102,8 +203,8 @@ def aggregate(output_dir: Path) -> pd.DataFrame:
     for col in df.columns:
         if col not in TEXT_COLUMNS and df[col].dtype == object:
             # A column that is all-empty in every file is read as text: make it numeric.
-            numeric = pd.to_numeric(df[col], errors="coerce")
-            if numeric.notna().sum() == df[col].notna().sum():
+            numeric = _numeric(df, col)
+            if numeric is not None:
                 df[col] = numeric
     df = df.sort_values(list(SORT_KEYS), kind="mergesort").reset_index(drop=True)
     return df
@@ -171,6 +272,38 @@ def write_csv(df: pd.DataFrame, path: Path) -> Path:
     return Path(path)
 
 
+def bids_subjects(bids_dir: Path) -> list[str]:
+    """Labels of the ``sub-<label>`` folders of a BIDS dataset (none if it cannot be listed)."""
+    try:
+        with os.scandir(bids_dir) as it:
+            entries = [e for e in it if e.name.startswith("sub-") and is_bids_label(e.name[4:])]
+    except OSError:
+        return []
+    labels = []
+    for entry in entries:
+        # A broken folder (a symlink loop) still names a subject that should have results.
+        with contextlib.suppress(OSError):
+            if not entry.is_dir():
+                continue
+        labels.append(entry.name[4:])
+    return sorted(labels)
+
+
+def warn_subjects_without_results(df: pd.DataFrame, bids_dir: Path) -> list[str]:
+    """Warn (one line) about subjects of ``bids_dir`` that have no row; return them."""
+    have = set(df["subject"].astype(str)) if "subject" in df.columns else set()
+    lacking = [f"sub-{s}" for s in bids_subjects(bids_dir) if s not in have]
+    if lacking:
+        LOGGER.warning(
+            "%d subject(s) of %s have no participant results: %s (run the participant "
+            "level for them)",
+            len(lacking),
+            bids_dir,
+            _shown(lacking),
+        )
+    return lacking
+
+
 def _matching(
     df: pd.DataFrame,
     group_dir: Path,
@@ -233,12 +366,14 @@ def run_group_level(
         ``table1``, ``matching`` and ``matching_summary`` where written.
 
     Raises:
-        InputError: If there are no participant results.
+        NoResultsError: If there are no participant results (an InputError; exit code 66).
     """
     from mmreg.bids_app.report import build_report
 
     output_dir = Path(output_dir)
     df = aggregate(output_dir)
+    if bids_dir is not None:
+        warn_subjects_without_results(df, Path(bids_dir))
     summary = summarise(df)
     group_dir = output_dir / "group"
     paths = {

@@ -19,6 +19,12 @@ Rules (the CLI help and ``docs/usage`` point here):
   message saying how to narrow ``--fixed``.
 - A subject/session lacking the fixed or a moving image gets a
   :class:`MissingPair`, which the participant level writes as a failed row.
+  So does a subject whose folder cannot be indexed (a symlink loop, an unreadable
+  folder), and a pair whose image is gone by the time pairs are made (a broken
+  symlink, a file removed after indexing); every other subject still runs.
+- A ``sub-*`` folder whose label is not a BIDS label (ASCII letters and digits,
+  so not ``sub-Ünï``) is skipped with a warning.
+- The pybids index is cached under ``WORK_DIR/bids_db``; a corrupt one is rebuilt.
 - A filter that matches no image in the selected subjects at all (a typo,
   most likely) stops the run with exit code 18 (:class:`NoMatchError`).
 - Requested participant labels that do not exist: a warning when some are
@@ -35,6 +41,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -89,6 +96,23 @@ _RESERVED = {
     "extension": "nothing (only NIfTI images are used)",
 }
 _INT_ENTITIES = {"run", "echo", "flip", "inv", "chunk"}
+#: A BIDS label: ASCII letters and digits (str.isalnum() would also accept "Ünï").
+_LABEL = re.compile(r"[A-Za-z0-9]+")
+#: pybids' index file inside a database folder, and the tables a usable one has.
+_INDEX_FILE = "layout_index.sqlite"
+_INDEX_TABLES = frozenset({"layout_info", "files", "tags", "entities"})
+#: Deeper folder nesting inside one subject is taken as a loop the inode check missed.
+_MAX_DEPTH = 64
+
+
+def is_bids_label(text: str) -> bool:
+    """Whether ``text`` is a BIDS label: one or more ASCII letters and digits."""
+    return _LABEL.fullmatch(text) is not None
+
+
+def _why(exc: OSError) -> str:
+    # "Permission denied", "Too many levels of symbolic links": the errno text, no path.
+    return exc.strerror or type(exc).__name__
 
 
 class InputDirMissingError(InputError):
@@ -246,7 +270,8 @@ def read_label_file(path: str | os.PathLike[str]) -> list[str]:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        # participants.tsv is UTF-8 in BIDS, whatever the locale of a container.
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(
             f"--participant-label: cannot read {path}: {exc.strerror or exc}"
@@ -272,7 +297,7 @@ def _is_label_file(value: str) -> bool:
     if value.startswith("@"):
         return True
     bare = value.removeprefix("sub-")
-    return not bare.isalnum() and Path(value).is_file()
+    return not is_bids_label(bare) and Path(value).is_file()
 
 
 def normalize_participant_labels(labels: Iterable[str]) -> tuple[str, ...]:
@@ -282,7 +307,8 @@ def normalize_participant_labels(labels: Iterable[str]) -> tuple[str, ...]:
     (:func:`read_label_file`), so ten thousand subjects need no ten thousand arguments.
 
     Raises:
-        UsageError: For a label that is not alphanumeric (``../x`` never reaches a path).
+        UsageError: For a label that is not ASCII alphanumeric (``../x`` never reaches a
+            path, ``Ünï`` never reaches pybids, which would not match it).
     """
     out: list[str] = []
     for raw in labels:
@@ -291,7 +317,11 @@ def normalize_participant_labels(labels: Iterable[str]) -> tuple[str, ...]:
         for item in items:
             for label in filter(None, (t.strip() for t in item.split(","))):
                 label = label.removeprefix("sub-")
-                label = naming.sanitize_label(label, what="participant label")
+                if not is_bids_label(label):
+                    raise UsageError(
+                        f"invalid participant label {label!r}: BIDS labels are ASCII letters "
+                        "and digits only (A-Z, a-z, 0-9)"
+                    )
                 if label not in out:
                     out.append(label)
     return tuple(out)
@@ -325,57 +355,213 @@ def check_bids_dir(bids_dir: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _ignore_patterns() -> list[Any]:
-    # Only sub-* folders hold raw images; skipping the rest keeps big derivatives out of the index
-    # (and keeps mmreg's own outputs, whose suffixes are T2w etc., from being taken as inputs).
-    return [re.compile(r"^/(?!sub-)[^/]+/"), re.compile(r"/\.")]
+@dataclass(frozen=True)
+class DatasetScan:
+    """What one walk of the ``sub-*`` folders found (see :func:`scan_dataset`).
 
-
-def _dataset_fingerprint(root: Path) -> str:
-    """Cheap change detector: the folder tree with each folder's mtime.
-
-    A folder's mtime changes whenever an entry is added, removed or renamed in
-    it, which is exactly what invalidates a file index; file contents do not
-    matter because metadata is not indexed.
+    Attributes:
+        subjects: Labels of the ``sub-<label>`` folders, sorted (broken ones included).
+        problems: Subject label -> one-line reason why its folder cannot be indexed (a
+            symlink loop, an unreadable folder); that subject fails, the others run.
+        invalid: ``sub-*`` folders whose label is not a BIDS label (``sub-Ünï``); skipped.
+        fingerprint: Changes whenever the index would (the cache key of the index).
     """
-    digest = hashlib.sha1(usedforsecurity=False)
-    digest.update(str(root.resolve()).encode())
-    stack = [root]
+
+    subjects: tuple[str, ...]
+    problems: Mapping[str, str]
+    invalid: tuple[str, ...]
+    fingerprint: str
+
+    def excluded(self) -> list[str]:
+        """Top-level folder names that pybids must not enter."""
+        return sorted({*(f"sub-{s}" for s in self.problems), *self.invalid})
+
+
+def _walk_subject(folder: Path, root: Path, root_id: tuple[int, int], digest: Any) -> str | None:
+    """Digest one subject's folder tree; a one-line reason when it cannot be indexed.
+
+    pybids follows directory symlinks without loop detection and stops the whole index on
+    an unreadable folder, so both are found here first and the subject is left out of it.
+    A folder's mtime changes whenever an entry is added, removed or renamed in it, which
+    is exactly what invalidates a file index (metadata is not indexed).
+    """
+    # Folders on the path from the root, by (device, inode): a link to one of them loops.
+    stack: list[tuple[Path, dict[tuple[int, int], str]]] = [
+        (folder, {root_id: "the dataset root"})
+    ]
     while stack:
-        folder = stack.pop()
+        path, ancestors = stack.pop()
+        rel = path.relative_to(root).as_posix()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            continue
-        digest.update(f"{folder}\0{folder.stat().st_mtime_ns}\n".encode())
+            st = os.stat(path)
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed since its parent was listed: it is simply not there
+        except OSError as exc:
+            return f"cannot read folder {rel} ({_why(exc)})"
+        ident = (st.st_dev, st.st_ino)
+        if ident in ancestors:
+            return f"symlink loop: {rel} leads back to {ancestors[ident]}"
+        if len(ancestors) > _MAX_DEPTH:
+            return f"folder {rel} is nested more than {_MAX_DEPTH} levels deep (a symlink loop?)"
+        here = {**ancestors, ident: rel}
+        digest.update(f"{rel}\0{st.st_mtime_ns}\n".encode())
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if folder == root and not entry.name.startswith("sub-"):
-                continue
-            if entry.is_dir(follow_symlinks=True):
-                stack.append(Path(entry.path))
-    return digest.hexdigest()[:16]
+            try:
+                is_dir = entry.is_dir()  # follows symlinks
+            except OSError as exc:
+                if entry.name.endswith(NIFTI_EXTENSIONS):  # an image that cannot be opened
+                    return f"cannot open {rel}/{entry.name} ({_why(exc)})"
+                continue  # any other broken entry: pybids skips it as well
+            if is_dir:
+                stack.append((Path(entry.path), here))
+    return None
+
+
+def scan_dataset(bids_dir: str | os.PathLike[str]) -> DatasetScan:
+    """Walk the ``sub-*`` folders once: subjects, broken subjects, the index fingerprint.
+
+    Raises:
+        InputDirMissingError: BIDS_DIR itself cannot be listed (66).
+    """
+    root = Path(bids_dir).resolve()
+    digest = hashlib.sha1(usedforsecurity=False)
+    digest.update(str(root).encode())
+    try:
+        root_stat = os.stat(root)
+        with os.scandir(root) as it:
+            top = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        raise InputDirMissingError(f"cannot read input folder {root} ({_why(exc)})") from None
+    digest.update(f".\0{root_stat.st_mtime_ns}\n".encode())
+    root_id = (root_stat.st_dev, root_stat.st_ino)
+    subjects: list[str] = []
+    problems: dict[str, str] = {}
+    invalid: list[str] = []
+    for entry in top:
+        if not entry.name.startswith("sub-"):
+            continue
+        label = entry.name[4:]
+        try:
+            is_dir, reason = entry.is_dir(), None
+        except OSError as exc:  # sub-02 -> sub-02
+            is_dir, reason = True, f"cannot open folder {entry.name} ({_why(exc)})"
+        if not is_dir:
+            continue  # a stray file
+        if not is_bids_label(label):
+            invalid.append(entry.name)
+            continue
+        subjects.append(label)
+        reason = reason or _walk_subject(Path(entry.path), root, root_id, digest)
+        if reason:
+            problems[label] = reason
+    # The excluded subjects change the index even when no mtime does (chmod, a fixed link).
+    for name, reason in sorted(problems.items()):
+        digest.update(f"problem\0{name}\0{reason}\n".encode())
+    for name in invalid:
+        digest.update(f"invalid\0{name}\n".encode())
+    return DatasetScan(tuple(subjects), problems, tuple(invalid), digest.hexdigest()[:16])
+
+
+def _ignore_patterns(excluded: Sequence[str] = ()) -> list[Any]:
+    # Only sub-* folders hold raw images; skipping the rest keeps big derivatives out of the index
+    # (and keeps mmreg's own outputs, whose suffixes are T2w etc., from being taken as inputs).
+    patterns = [re.compile(r"^/(?!sub-)[^/]+/"), re.compile(r"/\.")]
+    if excluded:
+        # Broken subjects (loops, unreadable folders) would stop or never end the indexing.
+        names = "|".join(re.escape(n) for n in excluded)
+        patterns.append(re.compile(rf"^/(?:{names})(?:/|$)"))
+    return patterns
+
+
+def _index_problem(folder: Path) -> str | None:
+    """Why the pybids index in ``folder`` cannot be used, or ``None`` when it looks sound.
+
+    A truncated or overwritten sqlite file often opens fine and fails only on a later
+    query, so the whole file is checked (``PRAGMA quick_check``) before pybids sees it.
+    """
+    db = folder / _INDEX_FILE
+    if not db.is_file():
+        return f"no {_INDEX_FILE}"
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            check = con.execute("PRAGMA quick_check").fetchone()
+            rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {row[0] for row in rows}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    if not check or check[0] != "ok":
+        return f"integrity check failed ({check[0] if check else 'no answer'})"
+    lacking = _INDEX_TABLES - tables
+    if lacking:
+        return f"tables missing ({', '.join(sorted(lacking))})"
+    return None
+
+
+def _open_index(root: Path, folder: Path) -> tuple[BIDSLayout | None, str]:
+    """The layout stored in ``folder``, or ``None`` and the reason it is unusable."""
+    from bids import BIDSLayout
+
+    problem = _index_problem(folder)
+    if problem is not None:
+        return None, problem
+    try:
+        layout = BIDSLayout(root, validate=False, derivatives=False, database_path=folder)
+        # A cheap query through the files and tags tables (an empty answer is fine).
+        layout.get(return_type="filename", suffix="mmregNoSuchSuffix")
+    except Exception as exc:  # pybids and SQLAlchemy raise many types for a bad index
+        LOG.debug("BIDS index %s does not open", folder, exc_info=True)
+        return None, f"pybids cannot open it ({type(exc).__name__})"
+    return layout, ""
+
+
+def _discard(folder: Path) -> None:
+    # Renamed first, so that a concurrent run never opens a half-deleted index.
+    trash = folder.parent / f".stale-{uuid.uuid4().hex}"
+    try:
+        folder.rename(trash)
+    except OSError:
+        trash = folder
+    if trash.is_dir() and not trash.is_symlink():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            trash.unlink()
 
 
 def load_layout(
-    bids_dir: str | os.PathLike[str], database_root: str | os.PathLike[str] | None = None
+    bids_dir: str | os.PathLike[str],
+    database_root: str | os.PathLike[str] | None = None,
+    *,
+    scan: DatasetScan | None = None,
 ) -> BIDSLayout:
     """Index ``bids_dir`` with pybids (no validation, no metadata).
+
+    Subjects that :func:`scan_dataset` found broken (or ``scan.problems``, when given)
+    and ``sub-*`` folders without a BIDS label are left out of the index.
 
     With ``database_root``, the index is kept in
     ``<database_root>/<dataset fingerprint>/`` and reused by later runs on an
     unchanged dataset. It is built in a private folder and renamed into place,
     so concurrent runs sharing a work dir (SLURM arrays) never see a partial one.
+    A stored index that is corrupt (a truncated or overwritten sqlite file) is
+    rebuilt, with one warning.
     """
     from bids import BIDSLayout
     from bids.layout import BIDSLayoutIndexer
 
     root = Path(bids_dir).resolve()
+    scan = scan or scan_dataset(root)
 
     def build(database_path: Path | None) -> BIDSLayout:
         indexer = BIDSLayoutIndexer(
-            validate=False, ignore=_ignore_patterns(), index_metadata=False
+            validate=False, ignore=_ignore_patterns(scan.excluded()), index_metadata=False
         )
         return BIDSLayout(
             root, validate=False, derivatives=False, indexer=indexer, database_path=database_path
@@ -383,14 +569,14 @@ def load_layout(
 
     if database_root is None:
         return build(None)
-    final = Path(database_root) / _dataset_fingerprint(root)
-    if (final / "layout_index.sqlite").is_file():
-        try:
-            layout = BIDSLayout(root, validate=False, derivatives=False, database_path=final)
+    final = Path(database_root) / scan.fingerprint
+    if final.exists():
+        layout, problem = _open_index(root, final)
+        if layout is not None:
             LOG.debug("reusing BIDS index %s", final)
             return layout
-        except Exception:  # a stale or foreign index is rebuilt, never fatal
-            LOG.debug("BIDS index %s unusable; rebuilding", final, exc_info=True)
+        LOG.warning("BIDS index %s is unusable (%s); rebuilding it", final, problem)
+        _discard(final)
     try:
         tmp = final.parent / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir(parents=True)
@@ -403,7 +589,11 @@ def load_layout(
         # An OSError here means another run finished the same index first; theirs is equal.
         with contextlib.suppress(OSError):
             tmp.rename(final)
-        return BIDSLayout(root, validate=False, derivatives=False, database_path=final)
+        layout, problem = _open_index(root, final)
+        if layout is None:  # e.g. another run's index was broken in between: never fatal
+            LOG.warning("BIDS index %s is unusable (%s); indexing in memory", final, problem)
+            return build(None)
+        return layout
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -446,10 +636,14 @@ def _as_image(path: Path, entities: Mapping[str, Any], root: Path) -> _Image | N
 
 
 def _select(
-    layout: BIDSLayout, root: Path, entities: Mapping[str, str], subjects: Sequence[str]
+    layout: BIDSLayout,
+    root: Path,
+    entities: Mapping[str, str],
+    subjects: Sequence[str],
+    everyone: Sequence[str],
 ) -> list[_Image]:
     query = _pybids_filter(entities)
-    if set(subjects) != set(_subject_folders(root)):
+    if set(subjects) != set(everyone):
         query["subject"] = list(subjects)
     # File names only, parsed with pybids' own patterns: asking the database for each file's
     # entities costs one query per file, which dominates on large datasets.
@@ -542,6 +736,16 @@ def _filter_label(entities: Mapping[str, str], needed: Mapping[str, list[str]]) 
     return naming.modality_label(suffix, acq, **others)
 
 
+_GROUND_TRUTH_ENDINGS = ("_dseg.nii.gz", "_dseg.nii", "_desc-landmarks.tsv")
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        return Path(os.path.abspath(path))  # the pair using it fails when it reads it
+
+
 class _GroundTruthIndex:
     """File-name lookup of ground-truth files, searched recursively once."""
 
@@ -549,9 +753,13 @@ class _GroundTruthIndex:
         self._files: dict[str, list[Path]] = defaultdict(list)
         if root is None:
             return
-        for pattern in ("*_dseg.nii.gz", "*_dseg.nii", "*_desc-landmarks.tsv"):
-            for path in sorted(Path(root).rglob(pattern)):
-                self._files[path.name].append(path.resolve())
+        # os.walk skips folders that cannot be listed or vanish meanwhile, and does not
+        # follow directory symlinks (no loops); rglob stops on the first such folder.
+        found = []
+        for folder, _, names in os.walk(root):
+            found += [Path(folder, n) for n in names if n.endswith(_GROUND_TRUTH_ENDINGS)]
+        for path in sorted(found):
+            self._files[path.name].append(_resolved(path))
 
     def find(self, img: _Image, label: str, kind: str) -> str | None:
         prefix = f"sub-{img.subject}" + (f"_ses-{img.session}" if img.session else "")
@@ -573,18 +781,15 @@ class _GroundTruthIndex:
         return None
 
 
-def _subject_folders(root: Path) -> list[str]:
-    # The folder listing, not layout.get_subjects(): the latter walks every indexed file.
-    return sorted(
-        p.name[4:]
-        for p in root.iterdir()
-        if p.name.startswith("sub-") and p.name[4:].isalnum() and p.is_dir()
-    )
+def select_subjects(
+    layout: BIDSLayout, requested: Sequence[str], *, scan: DatasetScan | None = None
+) -> list[str]:
+    """The subjects to process: all, or the requested ones that exist.
 
-
-def select_subjects(layout: BIDSLayout, requested: Sequence[str]) -> list[str]:
-    """The subjects to process: all, or the requested ones that exist."""
-    available = _subject_folders(Path(layout.root))
+    Subjects come from the folder listing (``scan``, made here when not given), not
+    from ``layout.get_subjects()``, which walks every indexed file.
+    """
+    available = list((scan or scan_dataset(layout.root)).subjects)
     if not available:
         raise NotBidsError(f"not a BIDS dataset: no sub-<label> folders in {layout.root}")
     if not requested:
@@ -601,6 +806,20 @@ def select_subjects(layout: BIDSLayout, requested: Sequence[str]) -> list[str]:
     if absent:
         LOG.warning("participant label(s) not found, skipped: %s", ", ".join(absent))
     return found
+
+
+def _unusable(path: str) -> str | None:
+    """Why an indexed image cannot be used any more, or ``None`` when it is there."""
+    name = os.path.basename(path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"{name} is a broken symlink (its target does not exist)"
+        return f"{name} no longer exists (removed after the dataset was indexed)"
+    except OSError as exc:
+        return f"cannot open {name} ({_why(exc)})"
+    return None
 
 
 def find_pairs(
@@ -627,23 +846,41 @@ def find_pairs(
     root = check_bids_dir(config.bids_dir).resolve()
     if config.ground_truth is not None and not Path(config.ground_truth).is_dir():
         raise InputDirMissingError(f"ground-truth folder not found: {config.ground_truth}")
+    scan = scan_dataset(root)
+    for name in scan.invalid:
+        LOG.warning(
+            "skipping folder %s: %r is not a BIDS subject label (ASCII letters and digits only)",
+            name,
+            name[4:],
+        )
+    if not scan.subjects and scan.invalid:
+        raise NotBidsError(
+            f"not a BIDS dataset: no sub-<label> folder with a valid label in {root} "
+            f"(labels are ASCII letters and digits; skipped {', '.join(scan.invalid[:5])})"
+        )
     if layout is None:
         LOG.info("indexing BIDS dataset %s", root)
-        layout = load_layout(root, Path(config.work_dir) / "bids_db")
-    subjects = select_subjects(layout, config.participant_labels)
+        layout = load_layout(root, Path(config.work_dir) / "bids_db", scan=scan)
+    selected = select_subjects(layout, config.participant_labels, scan=scan)
+    # A subject whose folder cannot be indexed fails on its own; the others still run.
+    broken = {s: scan.problems[s] for s in selected if s in scan.problems}
+    subjects = [s for s in selected if s not in broken]
 
     fixed_filter = _with_default_suffix(config.fixed, {"suffix": "T1w"})
     moving_filters = [_with_default_suffix(m, {"suffix": "T2w"}) for m in config.moving]
     fixed_option = f"--fixed {describe_filter(fixed_filter)}"
     moving_options = [f"--moving {describe_filter(m)}" for m in moving_filters]
 
-    fixed_images = _select(layout, root, fixed_filter, subjects)
-    moving_images = [_select(layout, root, m, subjects) for m in moving_filters]
+    fixed_images: list[_Image] = []
+    moving_images: list[list[_Image]] = [[] for _ in moving_filters]
+    if subjects:  # else every selected subject is broken: only failed rows to write
+        fixed_images = _select(layout, root, fixed_filter, subjects, scan.subjects)
+        moving_images = [_select(layout, root, m, subjects, scan.subjects) for m in moving_filters]
     for images, option in [
         (fixed_images, fixed_option),
         *zip(moving_images, moving_options, strict=True),
     ]:
-        if not images:
+        if subjects and not images:
             suffixes = sorted(
                 layout.get_suffixes(subject=subjects, extension=list(NIFTI_EXTENSIONS))
             )
@@ -655,6 +892,8 @@ def find_pairs(
     cross_session = any(_LONG_TO_SHORT.get(k, k) == "ses" for k in fixed_filter)
     candidates: list[tuple[str | None, _Image, _Image]] = []
     problems: list[tuple[str, str | None, int, str]] = []  # subject, session, filter idx, reason
+    for subject, reason in broken.items():
+        problems += [(subject, None, index, reason) for index in range(len(moving_filters))]
     for subject in subjects:
         fixed_here = [i for i in fixed_images if i.subject == subject]
         moving_here = [[i for i in imgs if i.subject == subject] for imgs in moving_images]
@@ -698,8 +937,18 @@ def find_pairs(
     pairs: list[Pair] = []
     missing: list[MissingPair] = []
     taken: set[str] = set()
+    gone: dict[str, str | None] = {}
     for session, fixed, moving in unique:
         fixed_label, moving_label = labels[fixed.path], labels[moving.path]
+        # The index may be older than the files (a cached index, a link whose target went).
+        reason = None
+        for img in (fixed, moving):
+            if img.path not in gone:
+                gone[img.path] = _unusable(img.path)
+            reason = reason or gone[img.path]
+        if reason:
+            missing.append(MissingPair(moving.subject, session, fixed_label, moving_label, reason))
+            continue
         pid = naming.pair_id(moving.subject, session, fixed_label, moving_label)
         if pid in taken:
             missing.append(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import pickle
 import re
 import shutil
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -165,10 +167,16 @@ def run_participant(
         for attempt in range(2):
             for folder, why in purge_corrupt(cache_root):
                 LOGGER.info("work dir: recomputing %s (%s)", folder.name, why)
+            # Cached workflow results only point at task results, and an interrupted run
+            # leaves them half-written; task results are what the cache keeps.
+            forget_workflows(cache_root)
             started = time.time()
             try:
                 with _Progress(cache_root, n_registrations):
                     outputs = wf(worker=config.worker, cache_root=cache_root, **worker_kwargs)
+            except KeyboardInterrupt:
+                stop_workers()
+                raise
             except Exception as exc:
                 logging.getLogger("mmreg.engine").debug("workflow failed", exc_info=True)
                 reason, source = engine_failure_reason(exc, cache_root, since=started)
@@ -182,7 +190,6 @@ def run_participant(
             if not damaged or attempt:
                 break
             LOGGER.info("work dir: %d cached result(s) gone or damaged; recomputing", damaged)
-            forget_workflows(cache_root)
         for records, rows in zip(by_subject.values(), outputs.rows, strict=True):
             rows_by_subject[records[0]["subject"]].extend(
                 _write_rows(output_dir, records, rows, len(config.methods))
@@ -287,6 +294,20 @@ def engine_failure_reason(
             return " ".join(reason.split())[:300], path
     reason = _reason_line(str(exc)) or f"{type(exc).__name__}: {exc}"
     return " ".join(reason.split())[:300], None
+
+
+def stop_workers() -> None:
+    """End the worker processes of an interrupted run at once, quietly.
+
+    They got the same Ctrl-C, but a registration inside C++ (ANTs) would finish first and
+    the run would wait for it; and the engine's abandoned coroutines would print
+    tracebacks at exit. Nothing they computed is lost: finished tasks are cached.
+    """
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for child in multiprocessing.active_children():
+        child.join(timeout=5)
+    sys.unraisablehook = lambda unraisable: None
 
 
 def pair_inputs_sha256(pair: Pair, label_table: str | None) -> str:

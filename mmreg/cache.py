@@ -5,7 +5,8 @@ at the files that result points to. A task folder whose ``warped.nii.gz`` was tr
 (a full disk, a killed copy) or deleted would be served as it is, forever. So every mmreg
 task seals its folder when it finishes: :func:`seal` writes the size and sha256 of each file
 the task wrote into ``.mmreg-seal.json``. Before a run, :func:`purge_corrupt` removes every
-sealed task folder whose files no longer match, so Pydra recomputes exactly those tasks.
+sealed task folder whose files no longer match, and every task folder whose task raised
+(an interrupt), so Pydra recomputes exactly those tasks.
 
 Example:
     >>> import tempfile
@@ -98,6 +99,13 @@ def purge_corrupt(cache_root: str | os.PathLike[str]) -> list[tuple[Path, str]]:
         if reason is not None:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append((folder, reason))
+    # Pydra also keeps the result of a task that raised (an interrupt, a bug), and would
+    # serve it on every rerun. Every mmreg task seals its folder before Pydra writes a
+    # successful result; a folder of another run still working has no result yet.
+    for result in sorted(root.glob("python-*/_result.pklz")):
+        if not (result.parent / SEAL).exists():
+            shutil.rmtree(result.parent, ignore_errors=True)
+            removed.append((result.parent, "did not finish"))
     if removed:
         forget_workflows(root)
     return removed

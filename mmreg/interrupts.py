@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -61,6 +63,10 @@ def interrupts_watched() -> Iterator[Watch]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         watch.signal = watch.signal or signum
+        if multiprocessing.parent_process() is not None:
+            # A worker process of the run: end at once and quietly (no traceback from
+            # inside a library callback); the run's main process reports the interrupt.
+            os._exit(EXIT_INTERRUPTED)
         raise Interrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}

@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
+import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +200,69 @@ def verified_model_paths(records: Mapping[str, Mapping[str, str]]) -> dict[str, 
     return out
 
 
+#: ``torch.save`` writes a zip archive; anything else is refused before it is unpickled.
+_ZIP_MAGIC = b"PK\x03\x04"
+#: The class a weights-only load refused, as torch names it ("GLOBAL argparse.Namespace").
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _load_failure(path: Path, exc: BaseException) -> InputError:
+    """A one-line reason for a failed ``torch.load``, in mmreg's words.
+
+    torch's own message is never passed on: for a refused class it advises loading with
+    ``weights_only`` switched off, which would run whatever code the file carries.
+    """
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        found = _REFUSED_GLOBAL.search(text)
+        what = (
+            f"Python objects other than tensors and plain values ({found.group(1)})"
+            if found
+            else "data that is not tensors and plain values (or is corrupt)"
+        )
+        return InputError(
+            f"model file {path} holds {what}; mmreg never runs code from a model file, so "
+            "it cannot be used (save weights with 'mmreg train' or mmreg.models.save_checkpoint)"
+        )
+    if isinstance(exc, EOFError | zipfile.BadZipFile) or "PytorchStreamReader" in text:
+        return InputError(f"model file {path} is truncated or corrupt (an incomplete zip archive)")
+    return InputError(
+        f"cannot read model file {path}: not a valid checkpoint ({type(exc).__name__})"
+    )
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """``torch.load`` (tensors and plain values only) and a check of the checkpoint layout.
+
+    Raises:
+        InputError: One line naming the file, for anything that is not an mmreg checkpoint.
+    """
+    import torch
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    if not data:
+        raise InputError(f"model file {path} is empty")
+    if not data.startswith(_ZIP_MAGIC):
+        # A bare pickle (or any other file): never unpickled, not even weights-only.
+        raise InputError(f"model file {path} is not a PyTorch checkpoint (no torch.save archive)")
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise _load_failure(path, exc) from None
+    keys = ("config", "state_dict", "metadata")
+    if not isinstance(payload, dict) or not all(isinstance(payload.get(k), dict) for k in keys):
+        raise InputError(
+            f"model file {path} is not an mmreg checkpoint (config/state_dict/metadata dicts)"
+        )
+    bad = [k for k, v in payload["state_dict"].items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise InputError(f"model file {path} has weights that are not tensors ({bad[0]!r})")
+    return {k: dict(payload[k]) for k in keys}
+
+
 def load_checkpoint(
     path: str | Path, *, method: str, expected_sha256: str | None = None
 ) -> Checkpoint:
@@ -212,26 +278,21 @@ def load_checkpoint(
     Raises:
         InputError: One line, for a missing, unreadable, tampered or foreign file.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
-    digest = sha256_file(path)
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise InputError(f"cannot read model file {path}: {exc.strerror or exc}") from None
     expected = expected_sha256 or expected_file_sha256(path)
     if expected is not None and digest != expected.lower():
         raise InputError(
             f"model file {path.name} has sha256 {digest[:12]}... but {expected[:12]}... was "
             "expected; the file is corrupt or was replaced"
         )
-    try:
-        payload = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise InputError(f"cannot read model file {path.name}: {reason}") from exc
-    if not isinstance(payload, dict) or not {"config", "state_dict", "metadata"} <= set(payload):
-        raise InputError(f"{path.name} is not an mmreg checkpoint (config/state_dict/metadata)")
-    metadata = dict(payload["metadata"])
+    payload = _read_payload(path)
+    metadata = payload["metadata"]
     if metadata.get("method") != method:
         raise InputError(
             f"{path.name} holds a {metadata.get('method')!r} model, not a {method!r} model"
@@ -240,8 +301,8 @@ def load_checkpoint(
         raise InputError(f"the weights in {path.name} do not match their recorded digest")
     return Checkpoint(
         path=path.resolve(),
-        config=dict(payload["config"]),
-        state_dict=dict(payload["state_dict"]),
+        config=payload["config"],
+        state_dict=payload["state_dict"],
         metadata=metadata,
         sha256=digest,
     )

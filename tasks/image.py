@@ -90,7 +90,9 @@ def NormalizeImage(
 
 
 @task(outputs=["out_file"])
-def PrealignImages(fixed: NiftiGz, moving: NiftiGz, mode: str = "com") -> TextFile:
+def PrealignImages(
+    fixed: NiftiGz, moving: NiftiGz, mode: str = preprocess.DEFAULT_PREALIGN
+) -> TextFile:
     """Initial fixed->moving transform (``none``, ``com`` or ``moments``) as ITK text."""
     fixed_image = load_image(fixed.fspath)
     matrix = preprocess.prealign(fixed_image, load_image(moving.fspath), mode)

@@ -8,7 +8,7 @@ from pathlib import Path
 from fileformats.application import Json
 
 from mmreg.imaging.image import save_channels, save_image
-from mmreg.imaging.preprocess import PreprocessOptions
+from mmreg.imaging.preprocess import DEFAULT_PREALIGN, PreprocessOptions
 from mmreg.pipeline import Failure, prepare
 from mmreg.tasks._manifest import failed_manifest, write_manifest
 from mmreg.tasks.define import task
@@ -20,7 +20,7 @@ def PreparePair(
     spacing: float = 2.0,
     normalize: bool = True,
     mask: bool = False,
-    prealign: str = "com",
+    prealign: str = DEFAULT_PREALIGN,
     coronal_slice: bool = False,
     code: str = "",
 ) -> Json:
@@ -31,7 +31,8 @@ def PreparePair(
         spacing: Isotropic voxel size for registration, mm.
         normalize: Robust intensity normalisation to [0, 1].
         mask: Zero the background outside a foreground mask.
-        prealign: ``none``, ``com`` (centre of mass) or ``moments``.
+        prealign: ``auto`` (default), ``none``, ``com`` (centre of mass) or ``moments``;
+            see :func:`mmreg.imaging.preprocess.prealign`.
         coronal_slice: Register a 2D image to a 3D image's mid-coronal slice.
         code: Code fingerprint; only here so a code change invalidates the cache.
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from pydra.compose import workflow
 
+from mmreg.imaging.preprocess import DEFAULT_PREALIGN
 from mmreg.runtime import usable_cpus
 from mmreg.tasks.define import task
 from mmreg.tasks.evaluate import EvaluatePair
@@ -45,7 +46,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "spacing": 2.0,
     "normalize": True,
     "mask": False,
-    "prealign": "com",
+    "prealign": DEFAULT_PREALIGN,
     "coronal_slice": False,
     "seed": 0,
     "device": "auto",
@@ -157,7 +158,7 @@ def init_participant_wf(
     spacing: float = 2.0,
     normalize: bool = True,
     mask: bool = False,
-    prealign: str = "com",
+    prealign: str = DEFAULT_PREALIGN,
     coronal_slice: bool = False,
     seed: int = 0,
     device: str = "auto",
@@ -176,7 +177,8 @@ def init_participant_wf(
         spacing: Isotropic registration grid, mm.
         normalize: Robust intensity normalisation.
         mask: Mask the background before registration.
-        prealign: ``none``, ``com`` or ``moments``.
+        prealign: ``auto`` (default), ``none``, ``com`` or ``moments``; see
+            :func:`mmreg.imaging.preprocess.prealign`.
         coronal_slice: Register 2D images to a 3D image's mid-coronal slice.
         seed: Random seed given to every method.
         device: ``auto``, ``cpu`` or ``cuda``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import nibabel as nib
@@ -13,14 +14,23 @@ from scipy.spatial.transform import Rotation
 from mmreg.errors import UsageError
 from mmreg.imaging.image import Grid, Image
 from mmreg.imaging.preprocess import (
+    AUTO_MARGIN,
+    AUTO_MIN_OVERLAP,
+    DEFAULT_PREALIGN,
+    PREALIGN_MODES,
+    PrealignCandidate,
     PreprocessOptions,
+    choose_prealign,
     foreground_mask,
     normalize_intensity,
     prealign,
+    prealign_candidates,
     preprocess,
     reorient_canonical,
     resample_isotropic,
 )
+
+from factories import second_contrast, smooth_head
 
 # --------------------------------------------------------------------------- helpers
 
@@ -319,6 +329,168 @@ def test_prealign_moments_symmetric_object_falls_back_to_com():
     matrix = prealign(sphere, shifted, "moments")
     np.testing.assert_allclose(matrix[:3, :3], np.eye(3), atol=1e-12)
     np.testing.assert_allclose(matrix[:3, 3], [2.0, 0.0, 0.0], atol=1e-9)
+
+
+# --------------------------------------------------------------------------- prealign "auto"
+
+
+def _spine(seed: int = 0, shape: tuple[int, int, int] = (24, 24, 100)) -> Image:
+    """A spine-like column along z at 2 mm (48 x 48 x 200 mm), centred on the origin.
+
+    A textured elliptic body, vertebrae of random heights (so no shift along the
+    column looks like another) and a bright cord: a translation along z changes the
+    foreground's centre only through the field of view, as in a cervical MR.
+    """
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[2.0 * (np.arange(n) - (n - 1) / 2) for n in shape], indexing="ij")
+    texture = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
+    texture = (texture - texture.min()) / np.ptp(texture)
+    data = ((x / 20) ** 2 + (y / 16) ** 2 < 1) * (0.3 + 0.4 * texture)
+    edges = z.min() + np.cumsum(rng.uniform(10.0, 22.0, size=shape[2]))
+    for lo, hi in itertools.pairwise(edges[edges < z.max()]):
+        data[(x**2 + (y + 6) ** 2 < 36) & (z >= lo) & (z < hi - 3)] += 0.5
+    data[x**2 + (y - 4) ** 2 < 6] = 1.0
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -(np.asarray(shape) - 1)
+    return Image(ndimage.gaussian_filter(data, 0.7).astype(np.float32), affine)
+
+
+def _crop(img: Image, *index: slice) -> Image:
+    """``img[index]`` with its affine moved along, so world coordinates stay right."""
+    start = np.zeros(3)
+    start[: len(index)] = [s.start or 0 for s in index]
+    affine = img.affine.copy()
+    affine[:3, 3] += affine[:3, :3] @ start
+    return Image(np.ascontiguousarray(img.data[index]), affine)
+
+
+def _shifted(img: Image, shift: np.ndarray) -> Image:
+    """The same data ``shift`` mm further along in world: fixed->moving is ``p + shift``."""
+    affine = img.affine.copy()
+    affine[:3, 3] += shift
+    return Image(img.data, affine)
+
+
+def _remapped(img: Image) -> Image:
+    return Image(second_contrast(img.data), img.affine)
+
+
+def test_default_prealign_is_auto():
+    assert DEFAULT_PREALIGN == "auto"
+    assert "auto" in PREALIGN_MODES
+    assert PreprocessOptions().prealign == "auto"
+
+
+@pytest.mark.parametrize(
+    ("fixed_z", "moving_z", "overlap"),
+    [
+        (slice(None), slice(50, None), 1.0),  # moving covers the upper half
+        (slice(None), slice(None, 30), 1.0),  # moving covers the lowest 30%
+        (slice(50, None), slice(None), 1.0),  # fixed covers the upper half
+        (slice(None, 60), slice(40, None), 1 / 3),  # 20 of each one's 60 slices in common
+    ],
+)
+def test_prealign_auto_keeps_header_when_fields_of_view_differ(fixed_z, moving_z, overlap):
+    # Same anatomy, same world space, different z coverage: the header is right, the
+    # foregrounds' centres are not comparable.
+    spine = _spine()
+    all_ = slice(None)
+    fixed = preprocess(_crop(spine, all_, all_, fixed_z))
+    moving = preprocess(_crop(_remapped(spine), all_, all_, moving_z))
+
+    com = prealign(fixed, moving, "com")
+    assert np.linalg.norm(com[:3, 3]) > 25.0  # the centres differ by a quarter of a FOV or more
+    np.testing.assert_array_equal(prealign(fixed, moving, "auto"), np.eye(4))
+    scores = {c.mode: c for c in prealign_candidates(fixed, moving)}
+    assert scores["none"].overlap == pytest.approx(overlap, abs=0.03)
+    assert scores["none"].nmi > scores["com"].nmi + 0.1
+
+
+def test_prealign_auto_needs_a_common_field_of_view():
+    # 5 of each image's 50 slices in common: below AUTO_MIN_OVERLAP the header is not
+    # trusted, the identity is not even scored.
+    spine = _spine()
+    fixed = preprocess(_crop(spine, slice(None), slice(None), slice(None, 50)))
+    moving = preprocess(_crop(_remapped(spine), slice(None), slice(None), slice(45, None)))
+    none, com = prealign_candidates(fixed, moving)[:2]
+    assert none.overlap == pytest.approx(0.1, abs=0.03)
+    assert none.overlap < AUTO_MIN_OVERLAP and not none.eligible
+    assert com.eligible and choose_prealign([none, com]) is com
+
+
+def test_prealign_auto_keeps_header_of_cropped_2d_slice():
+    spine = _spine()
+    coronal = Image(spine.data[:, 12, :].copy(), spine.affine[:, [0, 2, 1, 3]])
+    fixed = preprocess(coronal)
+    moving = preprocess(_crop(_remapped(coronal), slice(None), slice(55, None)))
+    assert np.linalg.norm(prealign(fixed, moving, "com")[:3, 3]) > 25.0
+    np.testing.assert_array_equal(prealign(fixed, moving, "auto"), np.eye(4))
+
+
+@pytest.mark.parametrize("ndim", [3, 2])
+def test_prealign_auto_uses_com_when_header_is_off(ndim):
+    shape = (40, 44, 36) if ndim == 3 else (60, 70)
+    head = Image(smooth_head(shape, seed=3), np.diag([2.0, 2.0, 2.0, 1.0]))
+    shift = np.array([24.0, -32.0, 0.0])  # 40 mm; fixed -> moving is p -> p + shift
+    fixed = preprocess(head)
+    moving = preprocess(_shifted(_remapped(head), shift))
+
+    matrix = prealign(fixed, moving, "auto")
+    np.testing.assert_array_equal(matrix, prealign(fixed, moving, "com"))
+    np.testing.assert_array_equal(matrix[:3, :3], np.eye(3))
+    assert np.linalg.norm(matrix[:3, 3] - shift) < 1.0
+    scores = {c.mode: c for c in prealign_candidates(fixed, moving)}
+    assert scores["com"].nmi > scores["none"].nmi + 0.2
+
+
+def test_prealign_auto_without_common_field_of_view_uses_com():
+    head = Image(smooth_head((32, 36, 30), seed=1), np.diag([2.0, 2.0, 2.0, 1.0]))
+    shift = np.array([0.0, 0.0, 300.0])  # the two grids do not meet at all
+    fixed, moving = preprocess(head), preprocess(_shifted(_remapped(head), shift))
+    none = prealign_candidates(fixed, moving)[0]
+    assert none.mode == "none" and none.overlap == 0.0 and not none.eligible
+    assert np.linalg.norm(prealign(fixed, moving, "auto")[:3, 3] - shift) < 1.0
+
+
+def test_prealign_auto_same_image_deterministic_and_intensity_invariant():
+    head = Image(smooth_head((32, 36, 30), seed=2), np.diag([2.0, 2.0, 2.0, 1.0]))
+    np.testing.assert_array_equal(prealign(head, head, "auto"), np.eye(4))
+    fixed, moving = preprocess(head), _shifted(_remapped(head), np.array([0.0, 20.0, 0.0]))
+    first = prealign_candidates(fixed, moving)
+    again = prealign_candidates(fixed, moving)
+    assert [(c.mode, c.overlap, c.nmi) for c in first] == [
+        (c.mode, c.overlap, c.nmi) for c in again
+    ]
+    # Raw scanner units: each image is binned on its own robust range.
+    scaled = prealign_candidates(fixed, Image(moving.data * 1000.0 + 50.0, moving.affine))
+    for a, b in zip(first, scaled, strict=True):
+        assert a.mode == b.mode
+        assert a.nmi == pytest.approx(b.nmi, abs=0.01)
+    assert choose_prealign(first).mode == "com"
+
+
+def _candidate(mode: str, nmi: float) -> PrealignCandidate:
+    matrix = np.eye(4)
+    matrix[0, 3] = {"none": 0.0, "com": 1.0, "moments": 2.0}[mode]
+    return PrealignCandidate(mode, matrix, 1.0 if np.isfinite(nmi) else 0.1, nmi)
+
+
+@pytest.mark.parametrize(
+    ("none", "com", "moments", "chosen"),
+    [
+        (1.20, 1.20 + AUTO_MARGIN / 2, 1.20 + AUTO_MARGIN / 2, "none"),  # within the margin
+        (1.20, 1.20 + 2 * AUTO_MARGIN, math.nan, "com"),
+        (1.20, 1.20 + 2 * AUTO_MARGIN, 1.20 + 2.5 * AUTO_MARGIN, "com"),  # moments: not enough
+        (1.20, 1.20 + 2 * AUTO_MARGIN, 1.20 + 4 * AUTO_MARGIN, "moments"),
+        (1.20, 1.10, 1.20 + 2 * AUTO_MARGIN, "moments"),
+        (math.nan, 1.10, 1.10 + AUTO_MARGIN / 2, "com"),  # header not eligible
+        (math.nan, math.nan, math.nan, "com"),  # nothing eligible
+    ],
+)
+def test_choose_prealign_rule(none, com, moments, chosen):
+    candidates = [_candidate("none", none), _candidate("com", com)]
+    candidates.append(_candidate("moments", moments))
+    assert choose_prealign(candidates).mode == chosen
 
 
 # --------------------------------------------------------------------------- pipeline
