@@ -43,6 +43,7 @@ TEXT_COLUMNS = (
     "method",
     "status",
     "error",
+    "warnings",
     "warped",
     "transform",
     "fixed_image",

@@ -416,6 +416,9 @@ def _walk_subject(folder: Path, root: Path, root_id: tuple[int, int], digest: An
                 if entry.name.endswith(NIFTI_EXTENSIONS):  # an image that cannot be opened
                     return f"cannot open {rel}/{entry.name} ({_why(exc)})"
                 continue  # any other broken entry: pybids skips it as well
+            if is_dir and entry.name.endswith(NIFTI_EXTENSIONS):
+                # pybids would skip it, leaving a misleading "missing modality".
+                return f"{rel}/{entry.name} is a directory, not a NIfTI file"
             if is_dir:
                 stack.append((Path(entry.path), here))
     return None

@@ -397,6 +397,15 @@ def _write_rows(
                 row.get("method"),
                 row["_traceback"],
             )
+        if row.get("warnings"):
+            LOGGER.warning(
+                "sub-%s %s->%s %s: %s",
+                pair["subject"],
+                pair["moving_label"],
+                pair["fixed_label"],
+                row.get("method"),
+                row["warnings"],
+            )
         try:
             row = derivatives.write_pair_outputs(output_dir, pair, row)
         except (OSError, MmregError) as exc:

@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
+from mmreg import notices
 from mmreg.atomic import atomic_path
 from mmreg.errors import InputError
 from mmreg.typing import Matrix4, PathLike
@@ -282,12 +283,16 @@ def _mm(values: npt.ArrayLike) -> str:
     return " x ".join(f"{float(v):.4g}" for v in np.ravel(values))
 
 
-_WARNED: set[tuple[str, str]] = set()
+_WARNED: set[tuple[int, str, str]] = set()
 
 
 def _warn_once(path: Path, message: str) -> None:
-    """Log ``message`` as a warning, once per file and process (files are read often)."""
-    key = (str(path.resolve()), message)
+    """Log ``message`` as a warning, once per file and task (files are read often).
+
+    Per task, not per process: each task reports its inputs' warnings with its results
+    (:mod:`mmreg.notices`), and a worker process runs many tasks.
+    """
+    key = (notices.collector_id(), str(path.resolve()), message)
     if key not in _WARNED:
         _WARNED.add(key)
         LOG.warning(message)

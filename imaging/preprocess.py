@@ -22,7 +22,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from mmreg.errors import InputError, UsageError
-from mmreg.imaging.image import Image
+from mmreg.imaging.image import Image, check_grid_size
 from mmreg.imaging.transform import Transform
 from mmreg.typing import Matrix4
 
@@ -124,8 +124,8 @@ def isotropic_grid_affine(img: Image, spacing: float) -> tuple[tuple[int, ...], 
     nd = img.ndim
     old_shape = np.asarray(img.shape, dtype=np.float64)
     old_spacing = np.asarray(img.spacing)
-    counts = np.floor(old_shape * old_spacing / spacing + 0.5)
-    new_shape = tuple(max(1, int(n)) for n in counts)
+    # The same counts, refused before any allocation when they would not fit in memory.
+    new_shape = check_grid_size(img.grid, spacing)
     aff = _complete_affine(img)
     centre = aff[:3, :nd] @ ((old_shape - 1) / 2) + aff[:3, 3]
     new_aff = aff.copy()

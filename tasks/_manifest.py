@@ -11,13 +11,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mmreg import notices
 from mmreg.atomic import atomic_write_text
 from mmreg.pipeline import Failure
 
 
 def write_manifest(name: str, **fields: Any) -> Path:
-    """Write ``fields`` as ``<cwd>/<name>`` (the task's own cache folder)."""
+    """Write ``fields`` as ``<cwd>/<name>`` (the task's own cache folder).
+
+    ``warnings`` (an upstream manifest's) are merged with this task's own.
+    """
     fields.setdefault("status", "ok")
+    fields["warnings"] = notices.merge(fields.get("warnings", []), notices.current())
     return atomic_write_text(Path.cwd() / name, json.dumps(fields, indent=1, sort_keys=True))
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from pydra.compose import python
 
+from mmreg import notices
 from mmreg.cache import seal
 from mmreg.interrupts import interrupts_watched, raise_if_interrupted
 
@@ -44,7 +45,8 @@ def task(*, outputs: Sequence[str]) -> Callable[[Callable[..., Any]], Any]:
     The function stays importable as ``<module>.<Name>_function`` (also its
     ``__qualname__``); the task class keeps the function's name. Two more things every
     task does: a SIGINT/SIGTERM during the task stops it even if a library swallowed the
-    signal (:mod:`mmreg.interrupts`; the engine then keeps no result), and a finished
+    signal (:mod:`mmreg.interrupts`; the engine then keeps no result), warnings logged
+    while it runs are collected for its manifest (:mod:`mmreg.notices`), and a finished
     task seals the files it wrote (:func:`mmreg.cache.seal`).
     """
 
@@ -57,7 +59,7 @@ def task(*, outputs: Sequence[str]) -> Callable[[Callable[..., Any]], Any]:
         # Pydra hashes the source of ``function`` (inspect follows __wrapped__).
         @functools.wraps(function)
         def run_task(*args: Any, **kwargs: Any) -> Any:
-            with interrupts_watched() as watch:
+            with interrupts_watched() as watch, notices.collecting():
                 outputs = function(*args, **kwargs)
                 raise_if_interrupted(watch)
             seal(Path.cwd())

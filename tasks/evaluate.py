@@ -7,6 +7,7 @@ from typing import Any
 
 from fileformats.application import Json
 
+from mmreg import notices
 from mmreg.imaging.groundtruth import load_ground_truth
 from mmreg.imaging.image import save_image
 from mmreg.imaging.transform import Transform
@@ -45,8 +46,9 @@ def EvaluatePair(
         "runtime_s": upstream.get("runtime_s"),
         "_traceback": upstream.get("traceback", ""),
     }
+    upstream_warnings = upstream.get("warnings", [])
     if upstream["status"] != "ok":
-        return row
+        return {**row, "warnings": "; ".join(upstream_warnings)}
     try:
         transform = Transform.read(upstream["transform"])
         ground_truth = load_ground_truth(
@@ -65,8 +67,9 @@ def EvaluatePair(
     except Exception as exc:
         failure = Failure.from_exception(exc)
         row.update(status="failed", error=failure.reason, _traceback=failure.traceback)
-        return row
+        return {**row, "warnings": "; ".join(notices.merge(upstream_warnings, notices.current()))}
     row.update(metrics)
+    row["warnings"] = "; ".join(notices.merge(upstream_warnings, notices.current()))
     row.update(
         _warped=str(warped_path),
         _transform=upstream["transform"],

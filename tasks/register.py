@@ -75,5 +75,6 @@ def RegisterPair(
             transform=str(xfm),
             runtime_s=result.runtime_s,
             extras=result.extras,
+            warnings=upstream.get("warnings", []),
         )
     )
