@@ -22,7 +22,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert c.work_dir == str(tmp_path / "out" / "work")
     assert c.fixed == {"suffix": "T1w"}
     assert c.moving == ({"suffix": "T2w"},)
-    assert (c.random_seed, c.device, c.resolution, c.prealign) == (0, "auto", 2.0, "com")
+    assert (c.random_seed, c.device, c.resolution, c.prealign) == (0, "auto", 2.0, "auto")
     assert c.version == mmreg.__version__
     assert c.run_id and c.run_id != _config(tmp_path).run_id
 
