@@ -54,9 +54,13 @@ def test_ants_affine_improves_every_subject(demo):
     gain = ants["dice_mean"] - ants["initial_dice_mean"]
     assert (gain >= 0.2).all(), ants[["subject", "moving", "initial_dice_mean", "dice_mean"]]
     assert (ants["tre_mean_mm"] < ants["initial_tre_mean_mm"]).all()
-    # identity keeps the pre-alignment only: far from what ants-affine reaches
+    # identity keeps the pre-alignment only; ants-affine improves on it for every pair. (With
+    # --prealign com the margin was 0.2; the default auto pre-alignment starts closer,
+    # identity Dice 0.72-0.79 against 0.80-0.81.)
     identity = df[df["method"] == "identity"].set_index(["subject", "moving"])
-    assert (identity["dice_mean"] < ants.set_index(["subject", "moving"])["dice_mean"] - 0.2).all()
+    assert (
+        identity["dice_mean"] < ants.set_index(["subject", "moving"])["dice_mean"] - 0.01
+    ).all()
 
 
 def test_transforms_are_read_and_reproduced_by_ants_and_sitk(demo):
