@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -18,6 +19,30 @@ class _OneLine(logging.Formatter):
             f"mmreg: {record.levelname.lower()}: {message}"
             if record.levelno >= 30
             else (f"mmreg: {message}")
+        )
+
+
+class _LogFile(logging.FileHandler):
+    """The run's log file; a full disk turns it off with one line, not a traceback each.
+
+    logging reports every failed write with a traceback on stderr: on a full disk that is
+    tens of thousands of lines, burying the one that matters.
+    """
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        logging.getLogger().removeHandler(self)
+        if self.failed:
+            return
+        self.failed = True
+        with contextlib.suppress(Exception):
+            self.close()
+        print(
+            f"mmreg: warning: cannot write the log file {self.baseFilename} ({error}); "
+            "logging to the terminal only",
+            file=sys.stderr,
         )
 
 
@@ -41,7 +66,7 @@ def setup_logging(log_dir: Path | None, *, verbose: int = 0) -> Path | None:
         return None
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / "mmreg.log"
-    handler = logging.FileHandler(path)
+    handler = _LogFile(path)
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root.addHandler(handler)

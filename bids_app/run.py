@@ -203,7 +203,11 @@ def run_participant(
     n_failed = 0
     for subject in sorted(rows_by_subject):
         rows = rows_by_subject[subject]
-        derivatives.write_subject_csv(output_dir, subject, rows)
+        try:
+            derivatives.write_subject_csv(output_dir, subject, rows)
+        except OSError as exc:  # a full or read-only disk: this subject's table is lost
+            reason = f"could not write sub-{subject}_evaluation.csv: {exc.strerror or exc}"
+            rows = [{**row, "status": "failed", "error": reason} for row in rows]
         for row in rows:
             if row["status"] != "ok":
                 n_failed += 1
