@@ -37,7 +37,7 @@ from mmreg.bids_app.config import (
     Config,
 )
 from mmreg.bids_app.ownership import check_demo_dir, check_output_dir, check_writable_folder
-from mmreg.errors import MmregError, UsageError
+from mmreg.errors import InputError, MmregError, UsageError
 from mmreg.imaging.preprocess import DEFAULT_PREALIGN, PREALIGN_MODES
 from mmreg.interrupts import EXIT_INTERRUPTED, Interrupted, interrupts_watched
 from mmreg.runtime import usable_cpus
@@ -79,6 +79,7 @@ def _exit_code(error: MmregError) -> int:
         query.NotBidsError: EXIT_NOT_BIDS,
         query.NoMatchError: EXIT_NO_MATCH,
         UsageError: EXIT_USAGE,
+        InputError: EXIT_NO_INPUT,  # an input the run cannot use at all (no results, ...)
     }
     for cls in type(error).__mro__:
         code = getattr(cls, "exit_code", None)
@@ -86,7 +87,7 @@ def _exit_code(error: MmregError) -> int:
             return code
         if cls in codes:
             return codes[cls]
-    return 1
+    return EXIT_SOFTWARE  # only contract codes leave mmreg
 
 
 class _Parser(argparse.ArgumentParser):

@@ -224,7 +224,7 @@ def test_errors_from_run_are_one_line(
         raise RegistrationError("it broke\nbadly")
 
     monkeypatch.setattr(run, "run_participant", failing)
-    assert cli.main([str(bids), str(bids.parent / "out"), "participant"]) == 1
+    assert cli.main([str(bids), str(bids.parent / "out"), "participant"]) == 70
     assert capsys.readouterr().err.strip().splitlines()[-1] == "mmreg: error: it broke badly"
 
     def buggy(config: Any, pairs: Any, missing: Any = ()) -> int:
