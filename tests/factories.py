@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from pathlib import Path
 
@@ -185,3 +186,48 @@ def write_posed_remap_subject(
         (anat / f"sub-{subject}_space-{suffix}_desc-landmarks.tsv").write_text(
             "\n".join(lines) + "\n"
         )
+
+
+# --------------------------------------------------------------------------- fields of view
+
+
+def spine_phantom(seed: int = 0, shape: tuple[int, int, int] = (24, 24, 100)) -> Image:
+    """A spine-like column along z at 2 mm (48 x 48 x 200 mm), centred on the origin.
+
+    A textured elliptic body, vertebrae of random heights (so no shift along the
+    column looks like another) and a bright cord: a translation along z changes the
+    foreground's centre only through the field of view, as in a cervical MR.
+    """
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[2.0 * (np.arange(n) - (n - 1) / 2) for n in shape], indexing="ij")
+    texture = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
+    texture = (texture - texture.min()) / np.ptp(texture)
+    data = ((x / 20) ** 2 + (y / 16) ** 2 < 1) * (0.3 + 0.4 * texture)
+    edges = z.min() + np.cumsum(rng.uniform(10.0, 22.0, size=shape[2]))
+    for lo, hi in itertools.pairwise(edges[edges < z.max()]):
+        data[(x**2 + (y + 6) ** 2 < 36) & (z >= lo) & (z < hi - 3)] += 0.5
+    data[x**2 + (y - 4) ** 2 < 6] = 1.0
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -(np.asarray(shape) - 1)
+    return Image(ndimage.gaussian_filter(data, 0.7).astype(np.float32), affine)
+
+
+def crop_image(img: Image, *index: slice) -> Image:
+    """``img[index]`` with its affine moved along, so world coordinates stay right."""
+    start = np.zeros(3)
+    start[: len(index)] = [s.start or 0 for s in index]
+    affine = img.affine.copy()
+    affine[:3, 3] += affine[:3, :3] @ start
+    return Image(np.ascontiguousarray(img.data[index]), affine)
+
+
+def shift_image(img: Image, shift: np.ndarray) -> Image:
+    """The same data ``shift`` mm further along in world: fixed->moving is ``p -> p + shift``."""
+    affine = img.affine.copy()
+    affine[:3, 3] += shift
+    return Image(img.data, affine)
+
+
+def remap_image(img: Image) -> Image:
+    """:func:`second_contrast` of an image, on the same grid."""
+    return Image(second_contrast(img.data), img.affine)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import nibabel as nib
@@ -30,7 +29,13 @@ from mmreg.imaging.preprocess import (
     resample_isotropic,
 )
 
-from factories import second_contrast, smooth_head
+from factories import (
+    crop_image,
+    remap_image,
+    shift_image,
+    smooth_head,
+    spine_phantom,
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -334,47 +339,6 @@ def test_prealign_moments_symmetric_object_falls_back_to_com():
 # --------------------------------------------------------------------------- prealign "auto"
 
 
-def _spine(seed: int = 0, shape: tuple[int, int, int] = (24, 24, 100)) -> Image:
-    """A spine-like column along z at 2 mm (48 x 48 x 200 mm), centred on the origin.
-
-    A textured elliptic body, vertebrae of random heights (so no shift along the
-    column looks like another) and a bright cord: a translation along z changes the
-    foreground's centre only through the field of view, as in a cervical MR.
-    """
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[2.0 * (np.arange(n) - (n - 1) / 2) for n in shape], indexing="ij")
-    texture = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
-    texture = (texture - texture.min()) / np.ptp(texture)
-    data = ((x / 20) ** 2 + (y / 16) ** 2 < 1) * (0.3 + 0.4 * texture)
-    edges = z.min() + np.cumsum(rng.uniform(10.0, 22.0, size=shape[2]))
-    for lo, hi in itertools.pairwise(edges[edges < z.max()]):
-        data[(x**2 + (y + 6) ** 2 < 36) & (z >= lo) & (z < hi - 3)] += 0.5
-    data[x**2 + (y - 4) ** 2 < 6] = 1.0
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    affine[:3, 3] = -(np.asarray(shape) - 1)
-    return Image(ndimage.gaussian_filter(data, 0.7).astype(np.float32), affine)
-
-
-def _crop(img: Image, *index: slice) -> Image:
-    """``img[index]`` with its affine moved along, so world coordinates stay right."""
-    start = np.zeros(3)
-    start[: len(index)] = [s.start or 0 for s in index]
-    affine = img.affine.copy()
-    affine[:3, 3] += affine[:3, :3] @ start
-    return Image(np.ascontiguousarray(img.data[index]), affine)
-
-
-def _shifted(img: Image, shift: np.ndarray) -> Image:
-    """The same data ``shift`` mm further along in world: fixed->moving is ``p + shift``."""
-    affine = img.affine.copy()
-    affine[:3, 3] += shift
-    return Image(img.data, affine)
-
-
-def _remapped(img: Image) -> Image:
-    return Image(second_contrast(img.data), img.affine)
-
-
 def test_default_prealign_is_auto():
     assert DEFAULT_PREALIGN == "auto"
     assert "auto" in PREALIGN_MODES
@@ -393,10 +357,10 @@ def test_default_prealign_is_auto():
 def test_prealign_auto_keeps_header_when_fields_of_view_differ(fixed_z, moving_z, overlap):
     # Same anatomy, same world space, different z coverage: the header is right, the
     # foregrounds' centres are not comparable.
-    spine = _spine()
+    spine = spine_phantom()
     all_ = slice(None)
-    fixed = preprocess(_crop(spine, all_, all_, fixed_z))
-    moving = preprocess(_crop(_remapped(spine), all_, all_, moving_z))
+    fixed = preprocess(crop_image(spine, all_, all_, fixed_z))
+    moving = preprocess(crop_image(remap_image(spine), all_, all_, moving_z))
 
     com = prealign(fixed, moving, "com")
     assert np.linalg.norm(com[:3, 3]) > 25.0  # the centres differ by a quarter of a FOV or more
@@ -409,9 +373,9 @@ def test_prealign_auto_keeps_header_when_fields_of_view_differ(fixed_z, moving_z
 def test_prealign_auto_needs_a_common_field_of_view():
     # 5 of each image's 50 slices in common: below AUTO_MIN_OVERLAP the header is not
     # trusted, the identity is not even scored.
-    spine = _spine()
-    fixed = preprocess(_crop(spine, slice(None), slice(None), slice(None, 50)))
-    moving = preprocess(_crop(_remapped(spine), slice(None), slice(None), slice(45, None)))
+    spine = spine_phantom()
+    fixed = preprocess(crop_image(spine, slice(None), slice(None), slice(None, 50)))
+    moving = preprocess(crop_image(remap_image(spine), slice(None), slice(None), slice(45, None)))
     none, com = prealign_candidates(fixed, moving)[:2]
     assert none.overlap == pytest.approx(0.1, abs=0.03)
     assert none.overlap < AUTO_MIN_OVERLAP and not none.eligible
@@ -419,10 +383,10 @@ def test_prealign_auto_needs_a_common_field_of_view():
 
 
 def test_prealign_auto_keeps_header_of_cropped_2d_slice():
-    spine = _spine()
+    spine = spine_phantom()
     coronal = Image(spine.data[:, 12, :].copy(), spine.affine[:, [0, 2, 1, 3]])
     fixed = preprocess(coronal)
-    moving = preprocess(_crop(_remapped(coronal), slice(None), slice(55, None)))
+    moving = preprocess(crop_image(remap_image(coronal), slice(None), slice(55, None)))
     assert np.linalg.norm(prealign(fixed, moving, "com")[:3, 3]) > 25.0
     np.testing.assert_array_equal(prealign(fixed, moving, "auto"), np.eye(4))
 
@@ -433,7 +397,7 @@ def test_prealign_auto_uses_com_when_header_is_off(ndim):
     head = Image(smooth_head(shape, seed=3), np.diag([2.0, 2.0, 2.0, 1.0]))
     shift = np.array([24.0, -32.0, 0.0])  # 40 mm; fixed -> moving is p -> p + shift
     fixed = preprocess(head)
-    moving = preprocess(_shifted(_remapped(head), shift))
+    moving = preprocess(shift_image(remap_image(head), shift))
 
     matrix = prealign(fixed, moving, "auto")
     np.testing.assert_array_equal(matrix, prealign(fixed, moving, "com"))
@@ -446,7 +410,7 @@ def test_prealign_auto_uses_com_when_header_is_off(ndim):
 def test_prealign_auto_without_common_field_of_view_uses_com():
     head = Image(smooth_head((32, 36, 30), seed=1), np.diag([2.0, 2.0, 2.0, 1.0]))
     shift = np.array([0.0, 0.0, 300.0])  # the two grids do not meet at all
-    fixed, moving = preprocess(head), preprocess(_shifted(_remapped(head), shift))
+    fixed, moving = preprocess(head), preprocess(shift_image(remap_image(head), shift))
     none = prealign_candidates(fixed, moving)[0]
     assert none.mode == "none" and none.overlap == 0.0 and not none.eligible
     assert np.linalg.norm(prealign(fixed, moving, "auto")[:3, 3] - shift) < 1.0
@@ -455,7 +419,7 @@ def test_prealign_auto_without_common_field_of_view_uses_com():
 def test_prealign_auto_same_image_deterministic_and_intensity_invariant():
     head = Image(smooth_head((32, 36, 30), seed=2), np.diag([2.0, 2.0, 2.0, 1.0]))
     np.testing.assert_array_equal(prealign(head, head, "auto"), np.eye(4))
-    fixed, moving = preprocess(head), _shifted(_remapped(head), np.array([0.0, 20.0, 0.0]))
+    fixed, moving = preprocess(head), shift_image(remap_image(head), np.array([0.0, 20.0, 0.0]))
     first = prealign_candidates(fixed, moving)
     again = prealign_candidates(fixed, moving)
     assert [(c.mode, c.overlap, c.nmi) for c in first] == [

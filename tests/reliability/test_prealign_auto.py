@@ -10,13 +10,11 @@ switch to "com" when the header is far off.
 from __future__ import annotations
 
 import functools
-import itertools
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from mmreg.imaging.image import Image, load_image
 from mmreg.imaging.preprocess import (
@@ -26,51 +24,21 @@ from mmreg.imaging.preprocess import (
     preprocess,
 )
 
-from factories import second_contrast, smooth_head
+from factories import (
+    crop_image,
+    remap_image,
+    shift_image,
+    smooth_head,
+    spine_phantom,
+)
 
 ALL = slice(None)
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _spine(seed: int, shape: tuple[int, int, int] = (24, 24, 100)) -> Image:
-    """A spine-like column along z at 2 mm: textured body, vertebrae of random heights, cord."""
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[2.0 * (np.arange(n) - (n - 1) / 2) for n in shape], indexing="ij")
-    texture = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
-    texture = (texture - texture.min()) / np.ptp(texture)
-    data = ((x / 20) ** 2 + (y / 16) ** 2 < 1) * (0.3 + 0.4 * texture)
-    edges = z.min() + np.cumsum(rng.uniform(10.0, 22.0, size=shape[2]))
-    for lo, hi in itertools.pairwise(edges[edges < z.max()]):
-        data[(x**2 + (y + 6) ** 2 < 36) & (z >= lo) & (z < hi - 3)] += 0.5
-    data[x**2 + (y - 4) ** 2 < 6] = 1.0
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    affine[:3, 3] = -(np.asarray(shape) - 1)
-    return Image(ndimage.gaussian_filter(data, 0.7).astype(np.float32), affine)
-
-
 def _head(seed: int, shape: tuple[int, ...] = (40, 44, 36)) -> Image:
     return Image(smooth_head(shape, seed=seed), np.diag([2.0, 2.0, 2.0, 1.0]))
-
-
-def _crop(img: Image, *index: slice) -> Image:
-    """``img[index]`` with the affine moved along, so world coordinates stay right."""
-    start = np.zeros(3)
-    start[: len(index)] = [s.start or 0 for s in index]
-    affine = img.affine.copy()
-    affine[:3, 3] += affine[:3, :3] @ start
-    return Image(np.ascontiguousarray(img.data[index]), affine)
-
-
-def _shifted(img: Image, shift: np.ndarray) -> Image:
-    """Same data ``shift`` mm further along in world: fixed->moving is ``p -> p + shift``."""
-    affine = img.affine.copy()
-    affine[:3, 3] += shift
-    return Image(img.data, affine)
-
-
-def _remapped(img: Image) -> Image:
-    return Image(second_contrast(img.data), img.affine)
 
 
 def _check_keeps_header(fixed: Image, moving: Image, *, com_off_mm: float) -> None:
@@ -106,9 +74,9 @@ def _check_recovers_shift(
     ],
 )
 def test_spine_different_fields_of_view_keep_header(seed, fixed_z, moving_z, com_off_mm):
-    spine = _spine(seed)
-    fixed = _crop(spine, ALL, ALL, fixed_z)
-    moving = _crop(_remapped(spine), ALL, ALL, moving_z)
+    spine = spine_phantom(seed)
+    fixed = crop_image(spine, ALL, ALL, fixed_z)
+    moving = crop_image(remap_image(spine), ALL, ALL, moving_z)
     _check_keeps_header(fixed, moving, com_off_mm=com_off_mm)
 
 
@@ -116,7 +84,7 @@ def test_spine_different_fields_of_view_keep_header(seed, fixed_z, moving_z, com
 @pytest.mark.parametrize("start", [18, 30])
 def test_head_different_fields_of_view_keep_header(seed, start):
     head = _head(seed)
-    moving = _crop(_remapped(head), ALL, ALL, slice(start, None))  # upper 50% / 17%
+    moving = crop_image(remap_image(head), ALL, ALL, slice(start, None))  # upper 50% / 17%
     _check_keeps_header(head, moving, com_off_mm=8.0)
 
 
@@ -127,22 +95,22 @@ def test_head_different_fields_of_view_keep_header(seed, start):
 def test_head_header_off_uses_com(seed, shift):
     head = _head(seed)
     shift_mm = np.asarray(shift)
-    _check_recovers_shift(head, _shifted(_remapped(head), shift_mm), shift_mm, tol_mm=1.0)
+    _check_recovers_shift(head, shift_image(remap_image(head), shift_mm), shift_mm, tol_mm=1.0)
 
 
 @pytest.mark.parametrize("seed", range(2))
 @pytest.mark.parametrize("shift", [(0.0, 0.0, 40.0), (0.0, 0.0, -80.0), (10.0, 0.0, 0.0)])
 def test_spine_header_off_uses_com(seed, shift):
     # Same field of view, header off: even along the column the vertebrae tell.
-    spine = _spine(seed)
+    spine = spine_phantom(seed)
     shift_mm = np.asarray(shift)
-    _check_recovers_shift(spine, _shifted(_remapped(spine), shift_mm), shift_mm, tol_mm=1.0)
+    _check_recovers_shift(spine, shift_image(remap_image(spine), shift_mm), shift_mm, tol_mm=1.0)
 
 
 def test_auto_is_fast_on_a_brain_sized_volume():
     head = Image(smooth_head((90, 108, 90), seed=0), np.diag([2.0, 2.0, 2.0, 1.0]))
     fixed = preprocess(head)
-    moving = preprocess(_crop(_remapped(head), ALL, ALL, slice(40, None)))
+    moving = preprocess(crop_image(remap_image(head), ALL, ALL, slice(40, None)))
     seconds = []
     for _ in range(3):
         start = time.perf_counter()
@@ -190,8 +158,8 @@ STROKE_CROPS = {
 @pytest.mark.parametrize("case", sorted(STROKE_CROPS))
 def test_stroke_different_fields_of_view_keep_header(shared_data, case):
     fixed_name, fixed_crop, moving_name, moving_crop, com_off_mm = STROKE_CROPS[case]
-    fixed = _crop(_stroke(shared_data, fixed_name), *fixed_crop)
-    moving = _crop(_stroke(shared_data, moving_name), *moving_crop)
+    fixed = crop_image(_stroke(shared_data, fixed_name), *fixed_crop)
+    moving = crop_image(_stroke(shared_data, moving_name), *moving_crop)
     _check_keeps_header(fixed, moving, com_off_mm=com_off_mm)
 
 
@@ -205,14 +173,14 @@ def test_stroke_full_fields_of_view_keep_header(shared_data):
 @pytest.mark.parametrize("shift", [(24.0, -32.0, 0.0), (0.0, 0.0, 40.0), (5.0, 3.0, -4.0)])
 def test_stroke_header_off_uses_com(shared_data, shift):
     shift_mm = np.asarray(shift)
-    moving = _shifted(_stroke(shared_data, "T1"), shift_mm)
+    moving = shift_image(_stroke(shared_data, "T1"), shift_mm)
     _check_recovers_shift(_stroke(shared_data, "T2"), moving, shift_mm, tol_mm=3.0)
 
 
 @pytest.mark.shared_data
 def test_stroke_auto_runtime(shared_data):
     fixed = preprocess(_stroke(shared_data, "T2"))
-    moving = preprocess(_crop(_stroke(shared_data, "T1"), ALL, ALL, slice(70, None)))
+    moving = preprocess(crop_image(_stroke(shared_data, "T1"), ALL, ALL, slice(70, None)))
     start = time.perf_counter()
     prealign(fixed, moving, "auto")
     assert time.perf_counter() - start < 2.0
@@ -222,9 +190,9 @@ def test_stroke_auto_runtime(shared_data):
 def test_brain_slices_2d(shared_data):
     t1 = _slice_png(shared_data, "BrainT1SliceBorder20.png")
     pd = _slice_png(shared_data, "BrainProtonDensitySliceBorder20.png")
-    _check_keeps_header(t1, _crop(pd, ALL, slice(120, None)), com_off_mm=30.0)
-    _check_keeps_header(t1, _crop(pd, slice(None, 100), ALL), com_off_mm=30.0)
+    _check_keeps_header(t1, crop_image(pd, ALL, slice(120, None)), com_off_mm=30.0)
+    _check_keeps_header(t1, crop_image(pd, slice(None, 100), ALL), com_off_mm=30.0)
     shifted = _slice_png(shared_data, "BrainProtonDensitySliceShifted13x17y.png")
     _check_recovers_shift(t1, shifted, np.array([13.0, 17.0, 0.0]), tol_mm=2.0)
     shift = np.array([24.0, -32.0, 0.0])
-    _check_recovers_shift(t1, _shifted(pd, shift), shift, tol_mm=2.0)
+    _check_recovers_shift(t1, shift_image(pd, shift), shift, tol_mm=2.0)
