@@ -331,6 +331,38 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_registration_options(group: argparse._ArgumentGroup) -> None:
+    """Seed, working grid, pre-alignment and mask: the BIDS-App's and ``mmreg register``'s."""
+    group.add_argument(
+        "--random-seed",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help="seed for every method (default: %(default)s)",
+    )
+    group.add_argument(
+        "--resolution",
+        type=_resolution,
+        default=2.0,
+        metavar="MM",
+        help="isotropic working resolution in mm (default: %(default)s)",
+    )
+    group.add_argument(
+        "--prealign",
+        choices=PREALIGN_MODES,
+        default=DEFAULT_PREALIGN,
+        help="initial alignment: auto (keep the scanner's header alignment unless the "
+        "centres of mass match the images clearly better), none, com (centres of mass), "
+        "moments (principal axes) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--mask",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="restrict registration to a foreground mask (default: off)",
+    )
+
+
 def _add_model_option(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--model",
@@ -427,34 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"transform (default: {','.join(DEFAULT_METHODS)})",
     )
     _add_model_option(reg)
-    reg.add_argument(
-        "--random-seed",
-        type=_seed,
-        default=0,
-        metavar="N",
-        help="seed for every method (default: %(default)s)",
-    )
-    reg.add_argument(
-        "--resolution",
-        type=_resolution,
-        default=2.0,
-        metavar="MM",
-        help="isotropic working resolution in mm (default: %(default)s)",
-    )
-    reg.add_argument(
-        "--prealign",
-        choices=PREALIGN_MODES,
-        default=DEFAULT_PREALIGN,
-        help="initial alignment: auto (keep the scanner's header alignment unless the "
-        "centres of mass match the images clearly better), none, com (centres of mass), "
-        "moments (principal axes) (default: %(default)s)",
-    )
-    reg.add_argument(
-        "--mask",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="restrict registration to a foreground mask (default: off)",
-    )
+    _add_registration_options(reg)
     reg.add_argument(
         "--coronal-slice",
         action=argparse.BooleanOptionalAction,
@@ -482,6 +487,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="cache of intermediate results; reruns reuse it (default: OUTPUT_DIR/work)",
     )
     _add_engine_options(parser)
+    _no_exit(parser)
+    return parser
+
+
+def build_register_parser() -> argparse.ArgumentParser:
+    """``mmreg register FIXED MOVING --method M --out PREFIX``."""
+    parser = _Parser(
+        prog="mmreg register",
+        description="Register one pair of images outside BIDS, with the same preprocessing, "
+        "methods, models and errors as the BIDS-App; writes PREFIX_xfm.{txt,h5} (ITK, "
+        "fixed to moving points) and PREFIX_warped.nii.gz (the moving image on the fixed "
+        "grid).",
+    )
+    parser.add_argument("fixed", type=Path, metavar="FIXED", help="fixed image (NIfTI)")
+    parser.add_argument("moving", type=Path, metavar="MOVING", help="moving image (NIfTI)")
+    parser.add_argument(
+        "--method",
+        required=True,
+        metavar="M",
+        help=f"one method or A+B chain (e.g. {DEFAULT_METHODS[0]}, ants-rigid+ants-syn)",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="PREFIX", help="output path prefix"
+    )
+    parser.add_argument(
+        "--moving-labels",
+        type=Path,
+        default=None,
+        metavar="LABELS",
+        help="a label map on the moving image's grid, also warped (nearest neighbour) to "
+        "PREFIX_warped_labels.nii.gz",
+    )
+    reg = parser.add_argument_group("registration")
+    _add_model_option(reg)
+    _add_registration_options(reg)
+    eng = parser.add_argument_group("execution")
+    eng.add_argument(
+        "--omp-nthreads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="threads (ITK, torch); 1 keeps results bit-reproducible (default: %(default)s)",
+    )
+    eng.add_argument("--device", choices=DEVICES, default="auto", help="for learned methods")
+    eng.add_argument("-v", "--verbose", action="count", default=0, help="more messages")
     _no_exit(parser)
     return parser
 
@@ -711,6 +761,36 @@ def _main_demo(argv: Sequence[str]) -> int:
     )
 
 
+def _main_register(argv: Sequence[str]) -> int:
+    args = build_register_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    methods = parse_methods([args.method])
+    if len(methods) != 1:
+        raise UsageError("--method takes one method or A+B chain, not a list")
+    method = methods[0]
+    models = parse_models(args.model, [method])
+    _check_device(args.device)
+    from mmreg.single import register_files
+
+    result = register_files(
+        args.fixed,
+        args.moving,
+        method,
+        args.out,
+        moving_labels=args.moving_labels,
+        spacing=args.resolution,
+        prealign=args.prealign,
+        mask=args.mask,
+        seed=args.random_seed,
+        device=args.device,
+        threads=args.omp_nthreads,
+        models=models,
+    )
+    written = [result.transform, result.warped, result.warped_labels]
+    LOG.info("%s in %.1f s: %s", method, result.runtime_s, ", ".join(str(p) for p in written if p))
+    return EXIT_OK
+
+
 def _main_train(argv: Sequence[str]) -> int:
     from mmreg.bids_app.train import main_train
 
@@ -729,6 +809,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _main_demo(argv[1:])
             if argv and argv[0] == "train":
                 return _main_train(argv[1:])
+            if argv and argv[0] == "register":
+                return _main_register(argv[1:])
             return _main_bids_app(argv)
     except _Exit as done:
         return done.status
