@@ -68,6 +68,11 @@ def setup_logging(log_dir: Path | None, *, verbose: int = 0) -> Path | None:
     path = log_dir / "mmreg.log"
     handler = _LogFile(path)
     handler.setLevel(logging.DEBUG)
+    # mmreg's own debug lines (tracebacks) always; third-party debug (Pydra's is 97% of
+    # a log) only with -vv.
+    handler.addFilter(
+        lambda r: verbose > 1 or r.levelno >= logging.INFO or r.name.startswith("mmreg")
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root.addHandler(handler)
     for noisy in ("matplotlib", "PIL", "fsspec", "asyncio", "filelock"):

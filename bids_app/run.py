@@ -54,14 +54,23 @@ def _log_dir(config: Config) -> Path:
 
 
 class _Progress:
-    """Counts finished registrations in the work dir while Pydra runs."""
+    """Counts finished registrations in the work dir while Pydra runs.
+
+    On a terminal this is a tqdm bar; where nobody watches one (nohup, SLURM, CI: stderr
+    is not a terminal) each finished registration is one log line with an estimate of
+    the time left, so a job's log shows how far it got.
+    """
 
     def __init__(self, cache_root: Path, total: int) -> None:
         from tqdm import tqdm
 
         self._root, self._stop = cache_root, threading.Event()
-        self._bar = tqdm(total=total, desc="registrations", unit="pair", leave=True, disable=None)
+        self._bar = tqdm(
+            total=total, desc="registrations", unit="registration", leave=True, disable=None
+        )
         self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._start = time.monotonic()
+        self._done = self._first = min(total, self._count())
 
     def _count(self) -> int:
         return sum(
@@ -70,10 +79,28 @@ class _Progress:
             if (p.parent / "_result.pklz").exists()
         )
 
+    def _update(self) -> None:
+        total = self._bar.total
+        done = min(total, self._count())
+        self._bar.n = done
+        self._bar.refresh()
+        if self._bar.disable:
+            elapsed = time.monotonic() - self._start
+            for n in range(self._done + 1, done + 1):
+                rate = elapsed / max(1, done - self._first)
+                left = f", about {_duration(rate * (total - n))} left" if n < total else ""
+                LOGGER.info(
+                    "registration %d of %d done (%s elapsed%s)", n, total, _duration(elapsed), left
+                )
+        self._done = max(self._done, done)
+
     def _watch(self) -> None:
+        if self._first and self._bar.disable:
+            LOGGER.info(
+                "%d of %d registration(s) already in the work dir", self._first, self._bar.total
+            )
         while not self._stop.wait(2.0):
-            self._bar.n = min(self._bar.total, self._count())
-            self._bar.refresh()
+            self._update()
 
     def __enter__(self) -> _Progress:
         self._thread.start()
@@ -82,8 +109,20 @@ class _Progress:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._bar.n = min(self._bar.total, self._count())
+        if exc[0] is None:
+            self._update()
         self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """``1:02:03`` (h:mm:ss).
+
+    Example:
+        >>> _duration(3723.4)
+        '1:02:03'
+    """
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def run_participant(
