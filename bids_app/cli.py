@@ -23,6 +23,7 @@ import argparse
 import logging
 import shutil
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -96,6 +97,55 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         raise UsageError(message)
+
+
+#: One line per method for ``--help`` (a name missing here is listed without one).
+METHOD_HELP: dict[str, str] = {
+    "identity": "no registration: the header alignment (after --prealign), the baseline",
+    "sitk-rigid": "SimpleITK rigid, Mattes mutual information",
+    "sitk-affine": "SimpleITK rigid then affine, Mattes mutual information",
+    "ants-rigid": "ANTs rigid, Mattes mutual information",
+    "ants-affine": "ANTs affine, Mattes mutual information (the default)",
+    "ants-ai": "ANTs multi-start rotation search, then ants-affine (large misalignment)",
+    "ants-syn": "ANTs affine then SyN deformable, Mattes mutual information",
+    "keymorph-rigid": "learned keypoints (KeyMorph), rigid fit",
+    "keymorph-affine": "learned keypoints (KeyMorph), affine fit",
+    "keymorph-tps": "learned keypoints (KeyMorph), thin-plate spline",
+    "contrastive-dense": "2D DXA to MR, contrastive features, dense rigid search",
+    "contrastive-salient": "2D DXA to MR, contrastive features, salient points + RANSAC",
+    "contrastive-refine": "contrastive-salient plus a learned rigid correction",
+}
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 64 bad usage (also a bad --bids-filter-file or --config-file); "
+    "66 input folder missing; 16 input is not BIDS; 18 the filters or --session-label "
+    "selected no files; 65 some pairs failed (with --stop-on-first-crash: at the first "
+    "subject with a failure); 70 internal error or workflow engine failure; "
+    "130 interrupted (Ctrl-C, SIGTERM; rerun to resume)."
+)
+
+
+def _methods_help() -> str:
+    from mmreg.methods import available_methods
+
+    names = available_methods()
+    width = max(map(len, names), default=0)
+    lines = [
+        "methods (--methods NAME,NAME,...; A+B chains: A's transform initialises B;",
+        "parameters per step: NAME:KEY=VALUE[:KEY=VALUE], e.g. ants-ai:search=30;",
+        "an unknown key is an error that lists the method's keys):",
+    ]
+    lines += [f"  {n.ljust(width)}  {METHOD_HELP.get(n, '')}".rstrip() for n in names]
+    return "\n".join(lines)
+
+
+class _BidsAppParser(_Parser):
+    """The BIDS-App parser; its help ends with the methods (listed only when asked for)."""
+
+    def format_help(self) -> str:
+        wrapped = textwrap.fill(EXIT_CODES_HELP, width=min(99, shutil.get_terminal_size()[0]))
+        self.epilog = f"{_methods_help()}\n\n{wrapped}"
+        return super().format_help()
 
 
 class _Exit(Exception):
@@ -377,13 +427,14 @@ def _add_model_option(group: argparse._ArgumentGroup) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The BIDS-App parser: ``mmreg BIDS_DIR OUTPUT_DIR {participant,group} ...``."""
-    parser = _Parser(
+    parser = _BidsAppParser(
         prog="mmreg",
-        description="Cross-modality registration of medical images (BIDS-App). "
+        description="Cross-modality registration of medical images (BIDS-App).\n"
         "Other forms: 'mmreg demo --out DIR' (generated data, end to end), "
-        "'mmreg train ...' (fit a learned method).",
-        epilog="Exit codes: 0 ok, 64 bad usage, 66 input folder missing, 16 input is not "
-        "BIDS, 18 the filters selected no files, 65 some pairs failed.",
+        "'mmreg train ...' (fit a learned method),\n'mmreg register FIXED MOVING ...' "
+        "(one pair outside BIDS).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"mmreg {mmreg.__version__}")
     parser.add_argument("bids_dir", type=Path, metavar="BIDS_DIR", help="input BIDS dataset")
@@ -412,6 +463,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="L",
         help="subject labels, with or without 'sub-', or a file listing them (one per line; "
         "'@FILE' for a file named like a label; participants.tsv works) (default: all)",
+    )
+    sel.add_argument(
+        "--session-label",
+        "--session_label",
+        dest="session_label",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="L",
+        help="session labels, with or without 'ses-': only pairs of these sessions "
+        "(a label with no image exits 18) (default: all sessions)",
+    )
+    sel.add_argument(
+        "--bids-filter-file",
+        "--bids_filter_file",
+        dest="bids_filter_file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON file with one query per modality, as fMRIPrep's: "
+        '{"fixed": {"suffix": "T1w", "acquisition": "mprage"}, "moving": {"suffix": "T2w"}} '
+        "('moving' may be a list: several moving modalities); keys are BIDS entities, "
+        "short (acq) or long (acquisition). --fixed/--moving given too take precedence "
+        "key by key (one --moving applies to each moving query of the file)",
     )
     sel.add_argument(
         "--fixed",
@@ -476,6 +551,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="match 2D and 3D scans (whole-body DXA and Dixon MR) across subjects with the "
         "contrastive encoder and flag suspected subject swaps: group/matching.csv, "
         "group/matching_summary.csv (default: on; skipped without weights)",
+    )
+
+    run_ = parser.add_argument_group("run")
+    run_.add_argument(
+        "--config-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="rerun with the options of a saved run, OUTPUT_DIR/logs/<run-id>/config.json; "
+        "BIDS_DIR OUTPUT_DIR and the level are still given, and every option given on the "
+        "command line wins over the file's value (--fixed/--moving key by key)",
+    )
+    run_.add_argument(
+        "--stop-on-first-crash",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="participant level: run subjects one after the other (one workflow each) and "
+        "stop with exit 65 after the first subject with a failed registration; later "
+        "subjects are not run (default: off, every subject runs)",
+    )
+    run_.add_argument(
+        "--skip-bids-validation",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="participant level: do not run bids-validator-deno on BIDS_DIR first (its "
+        "findings are reported, never fatal; full report in OUTPUT_DIR/logs/<run-id>/) "
+        "(default: validate)",
     )
 
     parser.add_argument(
@@ -638,6 +740,96 @@ def _check_worker(worker: str) -> None:
             raise UsageError(f"--worker slurm: {', '.join(lacking)} not found on PATH")
 
 
+def _filters(
+    args: argparse.Namespace,
+) -> tuple[dict[str, str] | None, list[dict[str, str]] | None]:
+    """The fixed and moving filters: a filter file's (or a saved config's) queries, with
+    ``--fixed``/``--moving`` layered over them key by key; ``None``: the default."""
+    from mmreg.bids_app import query
+
+    base_fixed, base_moving = getattr(args, "saved_filters", (None, None))
+    if args.bids_filter_file is not None:
+        base_fixed, base_moving = query.read_filter_file(args.bids_filter_file)
+    cli_fixed = query.parse_filter(args.fixed, option="--fixed") if args.fixed else None
+    cli_moving = [query.parse_filter(m, option="--moving") for m in args.moving or []]
+    fixed = base_fixed
+    if cli_fixed is not None:
+        fixed = query.merge_filter(base_fixed or {}, cli_fixed)
+    moving = query.merge_moving_filters(base_moving or [], cli_moving) or None
+    return fixed, moving
+
+
+def _explicit_options(argv: Sequence[str]) -> set[str]:
+    """The ``dest`` of every option given on the command line (defaults left out)."""
+    parser = build_parser()
+    options = [a for a in parser._actions if a.option_strings]
+    for action in options:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) & {a.dest for a in options}
+
+
+def apply_config_file(args: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
+    """Fill every option not in ``explicit`` from the saved config ``args.config_file``.
+
+    The positional arguments are always the command line's. A work dir or ground truth
+    that was the default of the saved run (OUTPUT_DIR/work, BIDS_DIR/derivatives/
+    ground-truth) stays the default for the new folders. The saved filters act as a
+    filter file under ``--fixed``/``--moving``, unless ``--bids-filter-file`` is given.
+
+    Raises:
+        UsageError: The file cannot be read or is not a saved mmreg config (64).
+    """
+    path: Path = args.config_file
+    try:
+        saved = Config.load(path)
+    except OSError as exc:
+        raise UsageError(f"--config-file {path}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        message = " ".join(str(exc).split())[:200]
+        raise UsageError(f"--config-file {path}: not a saved mmreg config ({message})") from None
+    default_gt = str(Path(saved.bids_dir) / "derivatives" / "ground-truth")
+    default_work = str(Path(saved.output_dir) / "work")
+    values: dict[str, object] = {
+        "participant_label": list(saved.participant_labels),
+        "session_label": list(saved.session_labels),
+        "ground_truth": (
+            Path(saved.ground_truth)
+            if saved.ground_truth and saved.ground_truth != default_gt
+            else None
+        ),
+        "max_pairs": saved.max_pairs,
+        "methods": list(saved.methods) or None,
+        "random_seed": saved.random_seed,
+        "resolution": saved.resolution,
+        "prealign": saved.prealign,
+        "mask": saved.mask,
+        "coronal_slice": saved.coronal_slice,
+        "matching": saved.matching,
+        "work_dir": Path(saved.work_dir) if saved.work_dir != default_work else None,
+        "worker": saved.worker,
+        "worker_args": [f"{k}={v}" for k, v in saved.worker_args.items()],
+        "job_granularity": saved.job_granularity,
+        "nprocs": saved.nprocs,
+        "omp_nthreads": saved.omp_nthreads,
+        "device": saved.device,
+        "stop_on_first_crash": saved.stop_on_first_crash,
+        "skip_bids_validation": not saved.validate_bids,
+        "verbose": saved.verbose,
+    }
+    for dest, value in values.items():
+        if dest not in explicit:
+            setattr(args, dest, value)
+    if "model" not in explicit and saved.models:
+        from mmreg.methods import model_families
+
+        # Weights only for the families the (maybe overridden) methods still use.
+        used = set(model_families(parse_methods(args.methods)))
+        used |= {"contrastive"} if args.analysis_level == "group" else set()
+        args.model = [f"{k}={v}" for k, v in saved.models.items() if k in used] or None
+    args.saved_filters = (dict(saved.fixed), [dict(m) for m in saved.moving])
+    return args
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Validate the parsed arguments against the file system and build the Config.
 
@@ -662,10 +854,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     else:
         default_gt = bids_dir / "derivatives" / "ground-truth"
         ground_truth = default_gt if default_gt.is_dir() else None
-    fixed = query.parse_filter(args.fixed, option="--fixed") if args.fixed else None
-    moving = (
-        [query.parse_filter(m, option="--moving") for m in args.moving] if args.moving else None
-    )
+    fixed, moving = _filters(args)
     _check_worker(args.worker)
     worker_args = parse_worker_args(args.worker_args, args.worker)
     _check_device(args.device)
@@ -681,6 +870,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         output_dir=str(output_dir),
         analysis_level=args.analysis_level,
         participant_labels=query.normalize_participant_labels(args.participant_label),
+        session_labels=query.normalize_session_labels(args.session_label),
         ground_truth=str(ground_truth) if ground_truth else None,
         methods=methods,
         # The group level's subject matching takes contrastive weights whatever the methods.
@@ -701,6 +891,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         coronal_slice=args.coronal_slice,
         max_pairs=args.max_pairs,
         matching=args.matching,
+        stop_on_first_crash=args.stop_on_first_crash,
+        validate_bids=not args.skip_bids_validation,
         verbose=args.verbose,
         **extra,
     )
@@ -718,6 +910,8 @@ def _setup_logging(verbose: int) -> None:
 
 def _main_bids_app(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.config_file is not None:
+        args = apply_config_file(args, _explicit_options(argv))
     _setup_logging(args.verbose)
     config = config_from_args(args)
     from mmreg.bids_app import run

@@ -81,6 +81,7 @@ class Config:
         output_dir: Derivatives dataset written by mmreg (absolute).
         analysis_level: ``participant`` or ``group``.
         participant_labels: Subject labels without ``sub-``; empty means all.
+        session_labels: Session labels without ``ses-``; empty means all sessions.
         fixed: Entity filter selecting the fixed image (``{"suffix": "T1w"}``).
             Keys are BIDS keys as typed on the command line (``suffix``,
             ``acq``, ``ses``, ``run``, ``ce``, ...).
@@ -109,6 +110,10 @@ class Config:
         max_pairs: Register at most this many pairs (``None``: all); for quick looks.
         matching: Group level: match 2D and 3D scans across subjects (whole-body DXA
             and MR) with the contrastive encoder and flag suspected subject swaps.
+        stop_on_first_crash: Participant level: run subjects one after the other and stop
+            after the first subject with a failed (pair, method) row.
+        validate_bids: Participant level: run ``bids-validator-deno`` on the input first
+            (its findings are reported, not fatal).
         verbose: Terminal verbosity (0: info, 1: more, 2: debug incl. third-party).
         version: mmreg version that made this config.
         run_id: UTC timestamp id of this run (names the log folder).
@@ -118,6 +123,7 @@ class Config:
     output_dir: str
     analysis_level: str = "participant"
     participant_labels: tuple[str, ...] = ()
+    session_labels: tuple[str, ...] = ()
     fixed: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FIXED))
     moving: tuple[dict[str, str], ...] = field(default_factory=lambda: (dict(DEFAULT_MOVING),))
     ground_truth: str | None = None
@@ -137,6 +143,8 @@ class Config:
     coronal_slice: bool = False
     max_pairs: int | None = None
     matching: bool = True
+    stop_on_first_crash: bool = False
+    validate_bids: bool = True
     verbose: int = 0
     version: str = mmreg.__version__
     run_id: str = field(default_factory=new_run_id)
@@ -150,6 +158,7 @@ class Config:
         if self.ground_truth is not None:
             set_(self, "ground_truth", str(self.ground_truth))
         set_(self, "participant_labels", tuple(str(x) for x in self.participant_labels))
+        set_(self, "session_labels", tuple(str(x) for x in self.session_labels))
         set_(self, "fixed", {str(k): str(v) for k, v in dict(self.fixed).items()})
         set_(
             self,
@@ -190,6 +199,7 @@ class Config:
         """Plain JSON-compatible dict (tuples become lists)."""
         data = dataclasses.asdict(self)
         data["participant_labels"] = list(self.participant_labels)
+        data["session_labels"] = list(self.session_labels)
         data["moving"] = [dict(m) for m in self.moving]
         data["methods"] = list(self.methods)
         return data
@@ -202,7 +212,7 @@ class Config:
         if unknown:
             raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
         values = dict(data)
-        for key in ("participant_labels", "methods", "moving"):
+        for key in ("participant_labels", "session_labels", "methods", "moving"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)

@@ -30,6 +30,12 @@ Rules (the CLI help and ``docs/usage`` point here):
 - Requested participant labels that do not exist: a warning when some are
   found (as fMRIPrep does), a :class:`~mmreg.errors.UsageError` (exit 64)
   when none is.
+- Requested session labels (``--session-label``) restrict the pairs to those
+  sessions; subjects with none of them are left out (no failed rows), and a
+  label with no image in the selected subjects stops the run (exit 18). A fixed
+  filter naming a session still takes the fixed image from that session.
+- ``--bids-filter-file`` (:func:`read_filter_file`) gives the same filters as
+  JSON; ``--fixed``/``--moving`` override its keys (:func:`merge_filter`).
 """
 
 from __future__ import annotations
@@ -325,6 +331,123 @@ def normalize_participant_labels(labels: Iterable[str]) -> tuple[str, ...]:
                 if label not in out:
                     out.append(label)
     return tuple(out)
+
+
+def normalize_session_labels(labels: Iterable[str]) -> tuple[str, ...]:
+    """Strip an optional ``ses-`` prefix, validate, drop duplicates (order kept).
+
+    Raises:
+        UsageError: For a label that is not ASCII alphanumeric.
+    """
+    out: list[str] = []
+    for raw in labels:
+        for label in filter(None, (t.strip() for t in str(raw).split(","))):
+            label = label.removeprefix("ses-")
+            if not is_bids_label(label):
+                raise UsageError(
+                    f"invalid session label {label!r}: BIDS labels are ASCII letters "
+                    "and digits only (A-Z, a-z, 0-9)"
+                )
+            if label not in out:
+                out.append(label)
+    return tuple(out)
+
+
+#: Top-level keys of a ``--bids-filter-file`` (fMRIPrep's format, one query per modality).
+FILTER_FILE_KEYS = ("fixed", "moving")
+
+
+def _same_key(key: str) -> str:
+    return _LONG_TO_SHORT.get(key, key)
+
+
+def read_filter_file(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, str] | None, list[dict[str, str]] | None]:
+    """Read a ``--bids-filter-file``: ``{"fixed": {...}, "moving": {...} or [{...}, ...]}``.
+
+    Keys of each query are BIDS entities as in :func:`parse_filter` (``acq`` or
+    ``acquisition``, ``suffix``, ...); values are labels (strings, or whole numbers for
+    ``run`` and the like). A modality not in the file is ``None`` (the default applies).
+
+    Raises:
+        UsageError: The file cannot be read, is not JSON, has a top-level key other than
+            ``fixed``/``moving``, or a query that :func:`parse_filter` refuses; the message
+            names the file.
+    """
+    path = Path(path)
+    option = f"--bids-filter-file {path}"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot read it ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        message = " ".join(str(exc).split())
+        raise UsageError(f"{option}: not valid JSON ({message})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{option}: expected a JSON object with keys fixed and/or moving")
+    unknown = [k for k in data if k not in FILTER_FILE_KEYS]
+    if unknown:
+        raise UsageError(
+            f"{option}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"use {' and/or '.join(FILTER_FILE_KEYS)}"
+        )
+
+    def one(query: Any, where: str) -> dict[str, str]:
+        if not isinstance(query, dict):
+            raise UsageError(f"{option}: {where} must be an object of ENTITY: VALUE")
+        tokens = []
+        for key, value in query.items():
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                raise UsageError(
+                    f"{option}: {where}.{key} must be a label (a string), got {value!r}"
+                )
+            if isinstance(value, str) and "," in value:
+                raise UsageError(f"{option}: {where}.{key}: one value only, got {value!r}")
+            tokens.append(f"{key}={value}")
+        return parse_filter(tokens, option=f"{option} ({where})")
+
+    fixed = one(data["fixed"], "fixed") if "fixed" in data else None
+    moving: list[dict[str, str]] | None = None
+    if "moving" in data:
+        queries = data["moving"] if isinstance(data["moving"], list) else [data["moving"]]
+        if not queries:
+            raise UsageError(f"{option}: moving is an empty list")
+        moving = [one(q, f"moving[{i}]") for i, q in enumerate(queries)]
+    return fixed, moving
+
+
+def merge_filter(base: Mapping[str, str], override: Mapping[str, str]) -> dict[str, str]:
+    """``base`` with the keys of ``override`` replaced (``acq`` replaces ``acquisition``)."""
+    replaced = {_same_key(k) for k in override}
+    return {**{k: v for k, v in base.items() if _same_key(k) not in replaced}, **override}
+
+
+def merge_moving_filters(
+    base: Sequence[Mapping[str, str]], override: Sequence[Mapping[str, str]]
+) -> list[dict[str, str]]:
+    """Layer command-line ``--moving`` filters over a filter file's, key by key.
+
+    One base filter: each override is merged over it. One override: it is merged over
+    each base filter. Otherwise both lists must be equally long and are merged in order.
+
+    Raises:
+        UsageError: For two lists of different lengths, both longer than one.
+    """
+    if not base:
+        return [dict(o) for o in override]
+    if not override:
+        return [dict(b) for b in base]
+    if len(base) == 1:
+        return [merge_filter(base[0], o) for o in override]
+    if len(override) == 1:
+        return [merge_filter(b, override[0]) for b in base]
+    if len(base) != len(override):
+        raise UsageError(
+            f"--moving given {len(override)} times but the filter file has {len(base)} "
+            "moving queries; give one --moving (applied to each) or as many as the file"
+        )
+    return [merge_filter(b, o) for b, o in zip(base, override, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -811,6 +934,39 @@ def select_subjects(
     return found
 
 
+def _select_sessions(
+    layout: BIDSLayout, root: Path, labels: Sequence[str], subjects: Sequence[str]
+) -> dict[str, list[str]]:
+    """Subject -> the requested sessions it has (NIfTI images in them); others left out.
+
+    Raises:
+        NoMatchError: A requested session has no image in any of the subjects (18).
+    """
+    files = layout.get(
+        return_type="filename",
+        subject=list(subjects),
+        session=list(labels),
+        extension=list(NIFTI_EXTENSIONS),
+    )
+    found: dict[str, set[str]] = defaultdict(set)
+    for name in files:
+        rel = "/" + Path(name).relative_to(root).as_posix()
+        entities = layout.parse_file_entities(rel)
+        subject, session = entities.get("subject"), entities.get("session")
+        if subject in subjects and str(session) in labels:
+            found[str(subject)].add(str(session))
+    seen = {s for sessions in found.values() for s in sessions}
+    absent = [label for label in labels if label not in seen]
+    if absent:
+        present = sorted(map(str, layout.get_sessions(subject=list(subjects))))
+        shown = ", ".join(present[:10]) + (", ..." if len(present) > 10 else "")
+        raise NoMatchError(
+            f"--session-label: no image in session(s) {', '.join(absent)} in "
+            f"{len(subjects)} subject(s) (sessions present: {shown or 'none'})"
+        )
+    return {s: [x for x in labels if x in found[s]] for s in subjects if found.get(s)}
+
+
 def _unusable(path: str) -> str | None:
     """Why an indexed image cannot be used any more, or ``None`` when it is there."""
     name = os.path.basename(path)
@@ -868,6 +1024,10 @@ def find_pairs(
     # A subject whose folder cannot be indexed fails on its own; the others still run.
     broken = {s: scan.problems[s] for s in selected if s in scan.problems}
     subjects = [s for s in selected if s not in broken]
+    sessions_of: dict[str, list[str]] = {}
+    if config.session_labels and subjects:
+        sessions_of = _select_sessions(layout, root, config.session_labels, subjects)
+        subjects = [s for s in subjects if s in sessions_of]
 
     fixed_filter = _with_default_suffix(config.fixed, {"suffix": "T1w"})
     moving_filters = [_with_default_suffix(m, {"suffix": "T2w"}) for m in config.moving]
@@ -879,6 +1039,12 @@ def find_pairs(
     if subjects:  # else every selected subject is broken: only failed rows to write
         fixed_images = _select(layout, root, fixed_filter, subjects, scan.subjects)
         moving_images = [_select(layout, root, m, subjects, scan.subjects) for m in moving_filters]
+    cross_session = any(_LONG_TO_SHORT.get(k, k) == "ses" for k in fixed_filter)
+    if config.session_labels:
+        wanted = set(config.session_labels)
+        moving_images = [[i for i in imgs if i.session in wanted] for imgs in moving_images]
+        if not cross_session:  # a fixed image named by session stays, as in longitudinal use
+            fixed_images = [i for i in fixed_images if i.session in wanted]
     for images, option in [
         (fixed_images, fixed_option),
         *zip(moving_images, moving_options, strict=True),
@@ -892,7 +1058,6 @@ def find_pairs(
                 f"suffixes present: {', '.join(suffixes) or 'none'}"
             )
 
-    cross_session = any(_LONG_TO_SHORT.get(k, k) == "ses" for k in fixed_filter)
     candidates: list[tuple[str | None, _Image, _Image]] = []
     problems: list[tuple[str, str | None, int, str]] = []  # subject, session, filter idx, reason
     for subject, reason in broken.items():
@@ -905,7 +1070,7 @@ def find_pairs(
             | {i.session for imgs in moving_here for i in imgs},
             key=lambda s: (s is not None, s or ""),
         )
-        for session in sessions or [None]:
+        for session in sessions or sessions_of.get(subject) or [None]:
             fixed_pool = (
                 fixed_here if cross_session else [i for i in fixed_here if i.session == session]
             )

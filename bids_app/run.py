@@ -132,10 +132,10 @@ def run_participant(
 
     Returns:
         0 when every (pair, method) row is ``ok``, 65 when some failed.
+        With ``config.stop_on_first_crash``, subjects run one after the other (one workflow
+        each, in label order) and the run returns 65 right after the first subject with a
+        failed row; later subjects are not run.
     """
-    from mmreg.provenance import code_fingerprint
-    from mmreg.workflows.participant import init_participant_wf
-
     output_dir = Path(config.output_dir)
     use_work_dir_for_state(config.work_dir)
     log_path = setup_logging(_log_dir(config), verbose=config.verbose)
@@ -171,96 +171,153 @@ def run_participant(
                 "sub-%s: removed %d temporary file(s) of an interrupted run", subject, stale
             )
 
+    if config.validate_bids:
+        from mmreg.bids_app.validator import validate_bids
+
+        state = Path(config.work_dir) / ".state" / "deno"
+        validate_bids(Path(config.bids_dir), _log_dir(config), cache_dir=state)
+    models: dict[str, dict[str, str]] = {}
     if by_subject:
-        nprocs = max(1, config.nprocs)
         # ANTs reads its thread count once per process: fix it before anything runs.
         limit_threads(config.omp_nthreads)
         models = model_records(config)
         if models:
             atomic_write_text(_log_dir(config) / "models.json", json.dumps(models, indent=2))
-        wf = init_participant_wf(
-            subjects=list(by_subject.values()),
-            methods=list(config.methods),
-            spacing=config.resolution,
-            mask=config.mask,
-            prealign=config.prealign,
-            coronal_slice=config.coronal_slice,
-            seed=config.random_seed,
-            device=config.device,
-            threads=config.omp_nthreads,
-            label_table=label_table,
-            models=models,
-            code=code_fingerprint(),
-            granularity=config.granularity,
-            cache_root=config.work_dir,
-        )
-        cache_root = Path(config.work_dir)
-        cache_root.mkdir(parents=True, exist_ok=True)
-        worker_kwargs: dict[str, Any] = {}
-        if config.worker == "cf":
-            worker_kwargs["n_procs"] = nprocs
-        elif config.worker == "slurm":
-            worker_kwargs.update(slurm_worker_kwargs(config.worker_args))
-        n_registrations = sum(len(r) for r in by_subject.values()) * len(config.methods)
-        # A second pass only when a cached result turned out to be gone or damaged.
-        for attempt in range(2):
-            for folder, why in purge_corrupt(cache_root):
-                LOGGER.info("work dir: recomputing %s (%s)", folder.name, why)
-            # Cached workflow results only point at task results, and an interrupted run
-            # leaves them half-written; task results are what the cache keeps.
-            forget_workflows(cache_root)
-            started = time.time()
-            try:
-                with _Progress(cache_root, n_registrations):
-                    outputs = wf(worker=config.worker, cache_root=cache_root, **worker_kwargs)
-            except KeyboardInterrupt:
-                stop_workers()
-                raise
-            except Exception as exc:
-                logging.getLogger("mmreg.engine").debug("workflow failed", exc_info=True)
-                reason, source = engine_failure_reason(exc, cache_root, since=started)
-                LOGGER.error(
-                    "the workflow engine failed: %s; details in %s",
-                    reason,
-                    f"{source} and {log_path}" if source else log_path,
-                )
-                return EXIT_SOFTWARE
-            damaged = _damaged_results(outputs.rows)
-            if not damaged or attempt:
-                break
-            LOGGER.info("work dir: %d cached result(s) gone or damaged; recomputing", damaged)
-        for records, rows in zip(by_subject.values(), outputs.rows, strict=True):
-            rows_by_subject[records[0]["subject"]].extend(
-                _write_rows(output_dir, records, rows, len(config.methods))
-            )
-
+    missing_of: dict[str, list[MissingPair]] = defaultdict(list)
     for item in missing:
-        for method in config.methods:
-            failed = {"method": method, "status": "failed", "error": item.reason}
-            rows_by_subject[item.subject].append(derivatives.public_row(item.to_dict(), failed))
+        missing_of[item.subject].append(item)
 
+    def add_rows(subject: str, results: list[dict[str, Any]] | None) -> None:
+        # The workflow's rows first (pair-major, method-minor), then the pairs it could not run.
+        if results is not None:
+            rows_by_subject[subject].extend(
+                _write_rows(output_dir, by_subject[subject], results, len(config.methods))
+            )
+        for item in missing_of.get(subject, []):
+            for method in config.methods:
+                failed = {"method": method, "status": "failed", "error": item.reason}
+                rows_by_subject[subject].append(derivatives.public_row(item.to_dict(), failed))
+
+    order = sorted({*by_subject, *missing_of})
+    # One workflow for every subject; or, with --stop-on-first-crash, one per subject in
+    # label order, ending the run after the first subject with a failed row.
+    batches = [[s] for s in order] if config.stop_on_first_crash else [order]
     n_failed = 0
-    for subject in sorted(rows_by_subject):
-        rows = rows_by_subject[subject]
-        try:
-            derivatives.write_subject_csv(output_dir, subject, rows)
-        except OSError as exc:  # a full or read-only disk: this subject's table is lost
-            reason = f"could not write sub-{subject}_evaluation.csv: {exc.strerror or exc}"
-            rows = [{**row, "status": "failed", "error": reason} for row in rows]
-        for row in rows:
-            if row["status"] != "ok":
-                n_failed += 1
-                LOGGER.warning(
-                    "sub-%s %s->%s %s failed: %s",
-                    subject,
-                    row["moving"],
-                    row["fixed"],
-                    row["method"],
-                    row["error"],
-                )
+    for position, batch in enumerate(batches):
+        with_pairs = [s for s in batch if s in by_subject]
+        results = _run_workflow(config, [by_subject[s] for s in with_pairs], models, log_path)
+        if results is None:
+            return EXIT_SOFTWARE
+        rows_of = dict(zip(with_pairs, results, strict=True))
+        for subject in batch:
+            add_rows(subject, rows_of.get(subject))
+            n_failed += _finish_subject(output_dir, subject, rows_by_subject[subject])
+        if n_failed and config.stop_on_first_crash:
+            left = order[position + 1 :]
+            shown = ", ".join(f"sub-{s}" for s in left[:5]) + (", ..." if len(left) > 5 else "")
+            LOGGER.error(
+                "--stop-on-first-crash: stopping after sub-%s failed; %d subject(s) not run%s",
+                batch[0],
+                len(left),
+                f" ({shown})" if left else "",
+            )
+            break
     total = sum(len(r) for r in rows_by_subject.values())
     LOGGER.info("%d of %d registration(s) ok; results in %s", total - n_failed, total, output_dir)
     return EXIT_SOME_FAILED if n_failed else EXIT_OK
+
+
+def _run_workflow(
+    config: Config,
+    subjects: Sequence[list[dict[str, Any]]],
+    models: dict[str, dict[str, str]],
+    log_path: Path | None,
+) -> list[list[dict[str, Any]]] | None:
+    """Run the participant workflow on ``subjects`` (pair records per subject).
+
+    Returns:
+        The result rows per subject, or ``None`` when the workflow engine failed (logged).
+    """
+    from mmreg.provenance import code_fingerprint
+    from mmreg.workflows.participant import init_participant_wf
+
+    if not subjects:
+        return []
+    label_table = _label_table(config)
+    wf = init_participant_wf(
+        subjects=list(subjects),
+        methods=list(config.methods),
+        spacing=config.resolution,
+        mask=config.mask,
+        prealign=config.prealign,
+        coronal_slice=config.coronal_slice,
+        seed=config.random_seed,
+        device=config.device,
+        threads=config.omp_nthreads,
+        label_table=label_table,
+        models=models,
+        code=code_fingerprint(),
+        granularity=config.granularity,
+        cache_root=config.work_dir,
+    )
+    cache_root = Path(config.work_dir)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    worker_kwargs: dict[str, Any] = {}
+    if config.worker == "cf":
+        worker_kwargs["n_procs"] = max(1, config.nprocs)
+    elif config.worker == "slurm":
+        worker_kwargs.update(slurm_worker_kwargs(config.worker_args))
+    n_registrations = sum(len(r) for r in subjects) * len(config.methods)
+    # A second pass only when a cached result turned out to be gone or damaged.
+    for attempt in range(2):
+        for folder, why in purge_corrupt(cache_root):
+            LOGGER.info("work dir: recomputing %s (%s)", folder.name, why)
+        # Cached workflow results only point at task results, and an interrupted run
+        # leaves them half-written; task results are what the cache keeps.
+        forget_workflows(cache_root)
+        started = time.time()
+        try:
+            with _Progress(cache_root, n_registrations):
+                outputs = wf(worker=config.worker, cache_root=cache_root, **worker_kwargs)
+        except KeyboardInterrupt:
+            stop_workers()
+            raise
+        except Exception as exc:
+            logging.getLogger("mmreg.engine").debug("workflow failed", exc_info=True)
+            reason, source = engine_failure_reason(exc, cache_root, since=started)
+            LOGGER.error(
+                "the workflow engine failed: %s; details in %s",
+                reason,
+                f"{source} and {log_path}" if source else log_path,
+            )
+            return None
+        damaged = _damaged_results(outputs.rows)
+        if not damaged or attempt:
+            break
+        LOGGER.info("work dir: %d cached result(s) gone or damaged; recomputing", damaged)
+    return [list(rows) for rows in outputs.rows]
+
+
+def _finish_subject(output_dir: Path, subject: str, rows: list[dict[str, Any]]) -> int:
+    """Write a subject's evaluation table; log and count its failed rows."""
+    n_failed = 0
+    try:
+        derivatives.write_subject_csv(output_dir, subject, rows)
+    except OSError as exc:  # a full or read-only disk: this subject's table is lost
+        reason = f"could not write sub-{subject}_evaluation.csv: {exc.strerror or exc}"
+        rows = [{**row, "status": "failed", "error": reason} for row in rows]
+    for row in rows:
+        if row["status"] != "ok":
+            n_failed += 1
+            LOGGER.warning(
+                "sub-%s %s->%s %s failed: %s",
+                subject,
+                row["moving"],
+                row["fixed"],
+                row["method"],
+                row["error"],
+            )
+    return n_failed
 
 
 #: A line that states an error: ``ValueError: ...``, ``slurmstepd: error: ... CANCELLED ...``.
@@ -547,6 +604,7 @@ def run_demo(
         omp_nthreads=omp_nthreads,
         random_seed=seed,
         device=device,
+        validate_bids=False,  # generated here; DXA and the like are not BIDS suffixes anyway
         verbose=verbose,
     )
     pairs, missing = find_pairs(config)
