@@ -15,7 +15,8 @@ and must register the name itself.
 A method spec is a name or a chain ``A+B`` (A's transform initialises B), and
 ``--methods`` is a comma-separated list of specs. A step may carry parameters,
 ``name:key=value[:key=value]`` (e.g. ``keymorph-tps:lambda=0.1``), handed to its factory
-as strings, so one model gives several rows.
+as strings, so one model gives several rows; :func:`settings_from_params` turns them into
+a settings dataclass with one-line errors (``ants-ai:search=30``).
 
 Learned methods belong to a *model family* (``keymorph``): their factory is called with
 ``model=`` the weights file chosen by ``--model family=PATH`` (``None``: shipped weights).
@@ -23,9 +24,12 @@ Learned methods belong to a *model family* (``keymorph``): their factory is call
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
+import math
 import re
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
@@ -43,6 +47,7 @@ __all__ = [
     "register_factory",
     "register_lazy",
     "register_method",
+    "settings_from_params",
     "split_chain",
     "split_step",
 ]
@@ -57,6 +62,11 @@ _LAZY: dict[str, str] = {}
 _PARAM = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)=([A-Za-z0-9_.+-]+)$")
 
 M = TypeVar("M", bound=type)
+S = TypeVar("S")
+
+#: Spellings of boolean parameter values (``name:key=value``).
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def register_factory(
@@ -244,3 +254,49 @@ def parse_methods(specs: str | Iterable[str]) -> list[str]:
     if not out:
         raise UsageError(f"no method given; available methods: {', '.join(available_methods())}")
     return out
+
+
+def settings_from_params(name: str, defaults: S, params: Mapping[str, str] | None) -> S:
+    """``defaults`` (a dataclass instance) with a spec's ``key=value`` strings applied.
+
+    Each value is converted to its field's type (``bool``: ``1/0``, ``true/false``,
+    ``yes/no``, ``on/off``); the dataclass's own checks (``ValueError`` in
+    ``__post_init__``) then run. Shared so that every parameterised method answers
+    bad parameters the same way: one line starting with the method name.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Opts:
+        ...     step: float = 20.0
+        >>> settings_from_params("m", Opts(), {"step": "30"})
+        Opts(step=30.0)
+
+    Raises:
+        UsageError: For an unknown key, a value of the wrong type or a rejected value.
+    """
+    if not dataclasses.is_dataclass(defaults) or isinstance(defaults, type):
+        raise TypeError("defaults must be a dataclass instance")
+    hints = typing.get_type_hints(type(defaults))
+    known = sorted(f.name for f in dataclasses.fields(defaults))
+    values: dict[str, object] = {}
+    for key, text in (params or {}).items():
+        if key not in known:
+            raise UsageError(f"{name}: unknown parameter {key!r}; known: {', '.join(known)}")
+        kind = hints[key]
+        if kind is bool:
+            if text.lower() not in _TRUE + _FALSE:
+                raise UsageError(f"{name}: {key} must be 0 or 1, got {text!r}")
+            values[key] = text.lower() in _TRUE
+            continue
+        try:
+            number = kind(text)
+        except (TypeError, ValueError):
+            raise UsageError(f"{name}: {key}={text!r} is not a valid {kind.__name__}") from None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise UsageError(f"{name}: {key} must be finite, got {text!r}")
+        values[key] = number
+    try:
+        return dataclasses.replace(defaults, **values)  # type: ignore[type-var]  # S is a dataclass
+    except ValueError as exc:
+        raise UsageError(f"{name}: {exc}") from None
