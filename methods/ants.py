@@ -74,6 +74,9 @@ _LINEAR_PYRAMID: dict[str, Any] = {"shrink_factors": (4, 2, 1), "smoothing_sigma
 #: voxel, and below ~2000 samples its 32x32-bin joint histogram picked wrong rotations
 #: (a 72x80 2D phantom searched at 6 mm: 2 of 4 large rotations found; at 2 mm: 4 of 4).
 _MIN_SEARCH_VOXELS = 20_000
+#: Most voxels of the fixed image on which ``ants-ai`` scores its searches' starts
+#: (a 2 mm brain has ~1M; larger images are scored on a coarser copy).
+_MAX_SCORE_VOXELS = 2**21
 #: Margin (fraction of the fixed field of view, each side) of the box where ``ants-ai``
 #: expects the moving content seen through a deformable initial transform.
 _SEARCH_MARGIN = 0.2
@@ -259,39 +262,49 @@ class SearchSettings:
     """Parameters of ``ants-ai``, given as ``ants-ai:key=value[:key=value]``.
 
     Defaults were chosen on twelve 2 mm brain phantoms (T1w to T2w) rotated 4-157
-    degrees about random axes, one thread: with them all twelve end within 1.7 mm
-    (landmarks) in 30-40 s; at ``res=6:search=20`` one of twelve failed (25 mm) with
-    a similar runtime; at ``res=5:search=20`` none failed, at twice the search time.
+    degrees about random axes, each registered with and without a centre-of-mass
+    initial, on one thread of a shared machine: 23 of the 24 end within 1.7 mm
+    (landmarks) in 35-44 s, one at 25 mm (a wrong coarse optimum that both tries
+    found). With ``tries=1:res=5`` 22 of 24 succeeded in about the same time.
 
     Attributes:
         search: Step between the searched rotation angles, degrees (antsAI's search
-            factor; its default, 20, found closer starts, all within 4.5 mm against
-            8.4 mm at 30, but ``ants-affine`` refines either, and 30 costs 2.4 times
-            less). The search cost grows with ``(360 * arc / search)**2`` in 3D.
+            factor; its default, 20, found closer starts, within 4.5 mm against 8.4 mm
+            at 30 on those phantoms, but ``ants-affine`` refines either, and 30 costs
+            2.4 times less). The cost grows with ``(360 * arc / search)**2`` in 3D.
         arc: Searched arc as a fraction of +/-180 degrees (antsAI's arc fraction;
             1: the full circle).
         principal: Start from the principal-axes alignment (1) rather than the identity
             rotation (0). On by default: the search only turns about two axes, and with
             the principal axes aligned first those turns cover every axis flip (without,
-            three of the first six phantoms above failed at ``res=6``, > 40 mm).
+            three of the first six phantoms failed, > 40 mm).
         res: Voxel size (mm) of the search grid. The images are smoothed (Gaussian,
             sigma half the added blur) and resampled to it: the search's cost grows
-            with the voxel count (at 2 mm it would take ~15 times longer than at 5 mm)
-            while 5 mm still resolves a head's shape. Small images are searched finer
-            (the grid keeps at least 20000 voxels, enough samples for MI), never finer
-            than their own voxels.
+            with the voxel count (at 2 mm it would take ~27 times longer) while 6 mm
+            still resolves a head's shape. Small images are searched finer (the grid
+            keeps at least 20000 voxels, enough samples for MI), never finer than their
+            own voxels.
         refine: Run ``ants-affine`` (Mattes MI, full resolution) from the best start
-            (1), or return the search's own affine (0, e.g. to chain another method).
+            (1), or return the best start itself (0, e.g. to chain another method).
+        tries: Searches on grids offset by ``1/tries`` of a search voxel, each giving a
+            start; the start with the best MI on the full-resolution images is kept.
+            The coarse MI of a head has nearly equal optima, and which one wins can
+            change with the sampling (one phantom: 123 or 111 degrees, the truth, with
+            the grid moved by half a voxel), while at full resolution the true pose
+            scores better. Each try costs a search.
     """
 
     search: float = 30.0
     arc: float = 1.0
     principal: bool = True
-    res: float = 5.0
+    res: float = 6.0
     refine: bool = True
+    tries: int = 2
 
     def __post_init__(self) -> None:
         # Below 5 degrees a 3D search has over 5000 starts (hours); above 90 it misses.
+        if not 1 <= self.tries <= 4:
+            raise ValueError(f"tries must be 1 to 4, got {self.tries}")
         if not 5.0 <= self.search <= 90.0:
             raise ValueError(f"search must be 5 to 90 degrees, got {self.search:g}")
         if not 0.01 <= self.arc <= 1.0:
@@ -346,7 +359,7 @@ class AntsAIMethod(BaseMethod):
     def _search(
         self, fixed: Image, moving: Image, initial: Transform | None, threads: int
     ) -> tuple[Transform, dict[str, Any]]:
-        """The initializer's best fixed->moving affine (``initial`` included) and its record."""
+        """The best start over ``tries`` searches (``initial`` included) and their record."""
         import ants
 
         s = self.settings
@@ -354,10 +367,54 @@ class AntsAIMethod(BaseMethod):
         os.environ[_THREADS_VARIABLE] = str(threads)
         began = time.perf_counter()
         spacing = _search_spacing(fixed.grid, s.res)
-        fixed_grid = _search_grid(fixed.grid, spacing)
+        starts: list[Transform] = []
+        tries: list[dict[str, Any]] = []
+        for k in range(s.tries):
+            # Each try samples grids offset by k/tries of a voxel: which of two nearly
+            # equal coarse optima wins changes with the sampling (see SearchSettings).
+            found, record = self._search_once(ants, fixed, moving, initial, spacing, k / s.tries)
+            starts.append(found if initial is None else found.then(initial))
+            tries.append(record)
+        best = 0
+        if len(starts) > 1:
+            # The full-resolution MI tells the true pose from a wrong coarse optimum
+            # (e.g. -0.66 against -0.52 on a brain phantom) before any refinement.
+            fixed_s = _scoring_image(fixed)
+            fixed_a = itk_space.image_to_ants(fixed_s)
+            for start, record in zip(starts, tries, strict=True):
+                warped = itk_space.image_to_ants(start.apply(moving, fixed_s))
+                record["full_res_mi"] = _mutual_information(ants, fixed_a, warped)
+            scores = [r["full_res_mi"] for r in tries]
+            best = min(
+                range(len(starts)), key=lambda i: math.inf if scores[i] is None else scores[i]
+            )
+        record = {
+            "engine": f"antspyx {getattr(ants, '__version__', 'unknown')}",
+            "search_deg": s.search,
+            "arc": s.arc,
+            "principal_axes": s.principal,
+            "spacing_mm": tries[best]["spacing_mm"],
+            "rotation_deg": tries[best]["rotation_deg"],
+            "chosen_try": best,
+            "tries": tries,
+            "runtime_s": time.perf_counter() - began,
+        }
+        return starts[best], record
+
+    def _search_once(
+        self,
+        ants: Any,
+        fixed: Image,
+        moving: Image,
+        initial: Transform | None,
+        spacing: float,
+        shift: float,
+    ) -> tuple[Transform, dict[str, Any]]:
+        """One ``ants.affine_initializer`` on grids offset by ``shift`` voxels: its affine."""
+        s = self.settings
+        fixed_grid = _search_grid(fixed.grid, spacing, shift=shift)
         fixed_c = Transform.identity(fixed.ndim).apply(_smoothed(fixed, spacing), fixed_grid)
-        moving_c = _moving_for_search(fixed_c, moving, initial, spacing)
-        moving_grid = moving_c.grid
+        moving_c = _moving_for_search(fixed_c, moving, initial, spacing, shift=shift)
         if not np.any(fixed_c.data > fixed_c.data.min()) or not np.any(
             moving_c.data > moving_c.data.min()
         ):
@@ -381,18 +438,13 @@ class AntsAIMethod(BaseMethod):
                 reason = failed[0] if failed else "no transform written"
                 raise RegistrationError(f"{self.name}: antsAffineInitializer failed ({reason})")
             found = Transform.read(path, ndim=fixed.ndim)
-        record = {
-            "engine": f"antspyx {getattr(ants, '__version__', 'unknown')}",
-            "search_deg": s.search,
-            "arc": s.arc,
-            "principal_axes": s.principal,
+        return found, {
             "spacing_mm": list(fixed_grid.spacing),
+            "shift_voxels": shift,
             "fixed_shape": list(fixed_grid.shape),
-            "moving_shape": list(moving_grid.shape),
+            "moving_shape": list(moving_c.shape),
             "rotation_deg": _rotation_angle(found),
-            "runtime_s": time.perf_counter() - began,
         }
-        return (found if initial is None else found.then(initial)), record
 
     def describe(self) -> dict[str, Any]:
         """The settings, JSON-serialisable (for provenance)."""
@@ -410,9 +462,9 @@ def _search_spacing(grid: Grid, res: float) -> float:
     return float(min(res, (volume / _MIN_SEARCH_VOXELS) ** (1.0 / grid.ndim)))
 
 
-def _search_grid(grid: Grid, spacing: float, *, margin: float = 0.0) -> Grid:
+def _search_grid(grid: Grid, spacing: float, *, margin: float = 0.0, shift: float = 0.0) -> Grid:
     """A grid with ``grid``'s axes and centre, voxels ``max(spacing, own)``, box grown by
-    ``margin`` (a fraction of each side)."""
+    ``margin`` (a fraction of each side), moved by ``shift`` of its voxels along each axis."""
     n = grid.ndim
     own = np.asarray(grid.spacing)
     new = np.maximum(spacing, own)
@@ -421,12 +473,12 @@ def _search_grid(grid: Grid, spacing: float, *, margin: float = 0.0) -> Grid:
     affine = np.array(grid.affine, dtype=np.float64)
     affine[:3, :n] = affine[:3, :n] / own * new
     centre = grid.voxel_to_world((np.asarray(grid.shape, dtype=float) - 1.0) / 2.0)[0]
-    affine[:3, 3] = centre - affine[:3, :n] @ ((shape - 1.0) / 2.0)
+    affine[:3, 3] = centre - affine[:3, :n] @ ((shape - 1.0) / 2.0 - shift)
     return Grid(tuple(int(k) for k in shape), affine)
 
 
 def _moving_for_search(
-    fixed_c: Image, moving: Image, initial: Transform | None, spacing: float
+    fixed_c: Image, moving: Image, initial: Transform | None, spacing: float, *, shift: float
 ) -> Image:
     """``moving(initial(x))`` smoothed onto a world-axes grid that no search pose leaves.
 
@@ -458,7 +510,7 @@ def _moving_for_search(
         centre = fixed_centre
         content = _corners(_search_grid(fixed_c.grid, spacing, margin=_SEARCH_MARGIN))
         step = spacing
-    low = np.minimum(content.min(axis=0), centre - radius)[:n]
+    low = np.minimum(content.min(axis=0), centre - radius)[:n] - shift * step
     high = np.maximum(content.max(axis=0), centre + radius)[:n]
     shape = np.ceil((high - low) / step).astype(int) + 1
     affine = np.array(fixed_c.affine, dtype=np.float64)  # a 2D grid keeps the plane's z
@@ -468,6 +520,17 @@ def _moving_for_search(
     grid = Grid(tuple(int(k) for k in shape), affine)
     through = Transform.identity(n) if initial is None or initial.is_linear else initial
     return through.apply(_smoothed(seen, step), grid)
+
+
+def _scoring_image(fixed: Image) -> Image:
+    """The fixed image, on a coarser grid if it has over ``_MAX_SCORE_VOXELS`` voxels."""
+    data = np.asarray(fixed.data, dtype=np.float32)
+    if data.size <= _MAX_SCORE_VOXELS:
+        return fixed.with_data(data)
+    volume = float(np.prod(np.asarray(fixed.shape, dtype=float) * np.asarray(fixed.spacing)))
+    spacing = (volume / _MAX_SCORE_VOXELS) ** (1.0 / fixed.ndim)
+    grid = _search_grid(fixed.grid, spacing)
+    return Transform.identity(fixed.ndim).apply(_smoothed(fixed, spacing), grid)
 
 
 def _corners(grid: Grid) -> npt.NDArray[np.float64]:
