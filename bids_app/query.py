@@ -306,6 +306,26 @@ def _is_label_file(value: str) -> bool:
     return not is_bids_label(bare) and Path(value).is_file()
 
 
+def _entity_labels(items: Iterable[str], prefix: str, kind: str) -> tuple[str, ...]:
+    """Comma-separated labels with an optional ``<prefix>-``, validated, duplicates dropped.
+
+    Raises:
+        UsageError: For a label that is not ASCII alphanumeric.
+    """
+    out: list[str] = []
+    for item in items:
+        for label in filter(None, (t.strip() for t in str(item).split(","))):
+            label = label.removeprefix(f"{prefix}-")
+            if not is_bids_label(label):
+                raise UsageError(
+                    f"invalid {kind} label {label!r}: BIDS labels are ASCII letters "
+                    "and digits only (A-Z, a-z, 0-9)"
+                )
+            if label not in out:
+                out.append(label)
+    return tuple(out)
+
+
 def normalize_participant_labels(labels: Iterable[str]) -> tuple[str, ...]:
     """Strip an optional ``sub-`` prefix, validate, drop duplicates (order kept).
 
@@ -316,21 +336,11 @@ def normalize_participant_labels(labels: Iterable[str]) -> tuple[str, ...]:
         UsageError: For a label that is not ASCII alphanumeric (``../x`` never reaches a
             path, ``Ünï`` never reaches pybids, which would not match it).
     """
-    out: list[str] = []
+    items: list[str] = []
     for raw in labels:
         raw = str(raw).strip()
-        items = read_label_file(raw.removeprefix("@")) if _is_label_file(raw) else [raw]
-        for item in items:
-            for label in filter(None, (t.strip() for t in item.split(","))):
-                label = label.removeprefix("sub-")
-                if not is_bids_label(label):
-                    raise UsageError(
-                        f"invalid participant label {label!r}: BIDS labels are ASCII letters "
-                        "and digits only (A-Z, a-z, 0-9)"
-                    )
-                if label not in out:
-                    out.append(label)
-    return tuple(out)
+        items += read_label_file(raw.removeprefix("@")) if _is_label_file(raw) else [raw]
+    return _entity_labels(items, "sub", "participant")
 
 
 def normalize_session_labels(labels: Iterable[str]) -> tuple[str, ...]:
@@ -339,18 +349,7 @@ def normalize_session_labels(labels: Iterable[str]) -> tuple[str, ...]:
     Raises:
         UsageError: For a label that is not ASCII alphanumeric.
     """
-    out: list[str] = []
-    for raw in labels:
-        for label in filter(None, (t.strip() for t in str(raw).split(","))):
-            label = label.removeprefix("ses-")
-            if not is_bids_label(label):
-                raise UsageError(
-                    f"invalid session label {label!r}: BIDS labels are ASCII letters "
-                    "and digits only (A-Z, a-z, 0-9)"
-                )
-            if label not in out:
-                out.append(label)
-    return tuple(out)
+    return _entity_labels(labels, "ses", "session")
 
 
 #: Top-level keys of a ``--bids-filter-file`` (fMRIPrep's format, one query per modality).
