@@ -114,6 +114,10 @@ METHOD_HELP: dict[str, str] = {
     "contrastive-dense": "2D DXA to MR, contrastive features, dense rigid search",
     "contrastive-salient": "2D DXA to MR, contrastive features, salient points + RANSAC",
     "contrastive-refine": "contrastive-salient plus a learned rigid correction",
+    "mind-io": "deformable: MIND-SSC features, convex search then Adam (chain after an affine)",
+    "dns-io": "deformable: learned DNS features (Mok et al.), convex search then Adam",
+    "suits": "deformable: learned per-modality features (SUITS), B-spline Demons descent",
+    "mind-suits": "deformable: MIND-SSC features in the SUITS B-spline Demons descent",
 }
 
 EXIT_CODES_HELP = (

@@ -14,6 +14,10 @@ training function, imported only when that target runs (torch is heavy)::
 
 ``pairs`` are :meth:`mmreg.bids_app.query.Pair.to_dict` records (paths of both images,
 and of their ground-truth label maps and landmarks when present).
+
+A target with ``inputs="images"`` (``dns``) trains on single images instead: every
+anatomical NIfTI image of the dataset (``--suffix`` and ``--participant-label`` narrow
+it down), and its function takes ``images: list[Path]`` in place of ``pairs``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class TrainTarget:
         fixed: Default ``--fixed`` filter.
         moving: Default ``--moving`` filters.
         registers: The weights are a registration method's (``--model NAME=...``).
+        inputs: ``"pairs"`` (chosen with ``--fixed/--moving``) or ``"images"``
+            (every anatomical image, narrowed with ``--suffix``).
     """
 
     name: str
@@ -56,6 +62,7 @@ class TrainTarget:
     fixed: tuple[str, ...] = ("suffix=T1w",)
     moving: tuple[tuple[str, ...], ...] = (("suffix=T2w",),)
     registers: bool = True
+    inputs: str = "pairs"
 
     def load(self) -> tuple[type, Callable[..., Path]]:
         """The settings class and the training function (imports the method package)."""
@@ -100,7 +107,25 @@ TARGETS: dict[str, TrainTarget] = {
         moving=(("suffix=T1w", "acq=dixon", "rec=fat"),),
         registers=False,
     ),
+    "dns": TrainTarget(
+        name="dns",
+        description="DNS modality-agnostic feature network (dns-io), on single images",
+        settings="mmreg.methods.features.dns_train:DNSTrainSettings",
+        function="mmreg.methods.features.dns_train:train_dns",
+        fixed=(),
+        moving=(),
+        inputs="images",
+    ),
+    "suits": TrainTarget(
+        name="suits",
+        description="SUITS per-modality feature networks (suits), on pairs with label maps",
+        settings="mmreg.methods.features.suits_train:SUITSTrainSettings",
+        function="mmreg.methods.features.suits_train:train_suits",
+    ),
 }
+
+#: Suffixes of anatomical files that are not images to learn from.
+_NOT_IMAGES = frozenset({"dseg", "probseg", "mask", "label", "roi"})
 
 
 # --- options from a settings dataclass ---------------------------------------------------------
@@ -178,11 +203,31 @@ def build_train_parser(target: TrainTarget, settings_cls: type) -> argparse.Argu
     )
     parser.add_argument("bids_dir", type=Path, metavar="BIDS_DIR", help="training dataset")
     parser.add_argument("--out", type=Path, required=True, metavar="MODEL.pt")
-    sel = parser.add_argument_group("selecting training images (as for the participant level)")
-    sel.add_argument("--participant-label", nargs="+", action="extend", default=[], metavar="L")
-    sel.add_argument("--fixed", nargs="+", action="extend", default=None, metavar="ENTITY=VALUE")
-    sel.add_argument("--moving", nargs="+", action="append", default=None, metavar="ENTITY=VALUE")
-    sel.add_argument("--ground-truth", type=Path, default=None, metavar="DIR")
+    if target.inputs == "images":
+        sel = parser.add_argument_group("selecting training images (every anatomical image)")
+        sel.add_argument(
+            "--participant-label", nargs="+", action="extend", default=[], metavar="L"
+        )
+        sel.add_argument(
+            "--suffix",
+            nargs="+",
+            action="extend",
+            default=None,
+            metavar="SUFFIX",
+            help="only these suffixes, e.g. T1w T2w FLAIR (default: all anatomical images)",
+        )
+    else:
+        sel = parser.add_argument_group("selecting training images (as for the participant level)")
+        sel.add_argument(
+            "--participant-label", nargs="+", action="extend", default=[], metavar="L"
+        )
+        sel.add_argument(
+            "--fixed", nargs="+", action="extend", default=None, metavar="ENTITY=VALUE"
+        )
+        sel.add_argument(
+            "--moving", nargs="+", action="append", default=None, metavar="ENTITY=VALUE"
+        )
+        sel.add_argument("--ground-truth", type=Path, default=None, metavar="DIR")
     run = parser.add_argument_group("execution")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument(
@@ -245,6 +290,29 @@ def training_pairs(target: TrainTarget, args: argparse.Namespace) -> list[dict[s
     return records
 
 
+def training_images(target: TrainTarget, args: argparse.Namespace) -> list[Path]:
+    """Every anatomical NIfTI image (``--suffix``, ``--participant-label``), sorted."""
+    from mmreg.bids_app import query
+
+    bids_dir = query.check_bids_dir(args.bids_dir).resolve()
+    layout = query.load_layout(bids_dir)
+    filters: dict[str, Any] = {"datatype": "anat", "extension": [".nii", ".nii.gz"]}
+    labels = query.normalize_participant_labels(args.participant_label)
+    if labels:
+        filters["subject"] = list(labels)
+    if args.suffix:
+        filters["suffix"] = list(args.suffix)
+    files = layout.get(return_type="object", **filters)
+    images = sorted(
+        Path(f.path)
+        for f in files
+        if args.suffix or str(f.get_entities().get("suffix", "")).lower() not in _NOT_IMAGES
+    )
+    if not images:
+        raise query.NoMatchError(f"no training image found in {bids_dir}")
+    return images
+
+
 def main_train(argv: Sequence[str]) -> int:
     """Entry point of ``mmreg train``."""
     if not argv or argv[0] in ("-h", "--help"):
@@ -271,10 +339,15 @@ def main_train(argv: Sequence[str]) -> int:
         raise UsageError(f"--out {args.out} is a folder; give the model file, e.g. model.pt")
     settings = settings_from_args(settings_cls, args)
     limit_threads(args.omp_nthreads or usable_cpus())
-    pairs = training_pairs(target, args)
+    if target.inputs == "images":
+        items: list[Any] = list(training_images(target, args))
+        what = "image(s)"
+    else:
+        items = training_pairs(target, args)
+        what = "pair(s)"
     device = resolve_device(args.device)
-    LOG.info("training %s on %d pair(s), device %s", name, len(pairs), device)
+    LOG.info("training %s on %d %s, device %s", name, len(items), what, device)
     start = time.perf_counter()
-    path = train(pairs, out=out, settings=settings, device=device, progress=not args.no_progress)
+    path = train(items, out=out, settings=settings, device=device, progress=not args.no_progress)
     LOG.info("wrote %s in %.0f s", path, time.perf_counter() - start)
     return 0

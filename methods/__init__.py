@@ -37,6 +37,10 @@ for _name in ("keymorph-rigid", "keymorph-affine", "keymorph-tps"):
 for _name in ("contrastive-dense", "contrastive-salient"):
     register_lazy(_name, "mmreg.methods.contrastive.register")
 register_lazy("contrastive-refine", "mmreg.methods.contrastive.refine")
+for _name in ("mind-io", "dns-io"):
+    register_lazy(_name, "mmreg.methods.features.register")
+for _name in ("suits", "mind-suits"):
+    register_lazy(_name, "mmreg.methods.features.suits")
 
 __all__ = [
     "BaseMethod",

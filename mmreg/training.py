@@ -1,8 +1,17 @@
-"""Epoch bookkeeping shared by the training loops: best weights, history, progress, summary.
+"""The training engine: split, seeding, the step loop with validation, best weights, resume.
 
-Every ``mmreg train`` target keeps the weights of its best validation epoch, logs each
-epoch, shows it on the progress bar and ends with the same summary fields; this is that
-part, once.
+Every ``mmreg train`` target keeps the weights of its best validation, logs progress,
+shows it on the progress bar and ends with the same summary fields; this is that part,
+once:
+
+- :func:`split_items`: the train/validation split rule (sorted ids, seeded permutation);
+- :func:`seed_everything`: one seeding protocol (:data:`SEED_PROTOCOL`, recorded in the
+  checkpoint metadata by :meth:`BestEpoch.summary` callers);
+- :func:`fit`: a step-based loop calling the target's ``train_step(step)`` and
+  ``validate()``, keeping the best weights (:class:`BestEpoch`), with a tqdm bar or
+  plain log lines, and a resumable state file written atomically at each validation;
+- :class:`BestEpoch`: the best weights, the history and the summary (also used by the
+  epoch-based loops).
 
 Example:
     >>> import torch
@@ -14,19 +23,50 @@ Example:
     False
     >>> best.epoch, len(best.history)
     (1, 2)
+
+    A step-based fit (the score is higher-is-better):
+
+    >>> gen = seed_everything(0)
+    >>> net = torch.nn.Linear(1, 1)
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> def step(i):
+    ...     x = torch.randn(8, 1, generator=gen)
+    ...     loss = (net(x) - 2 * x).pow(2).mean()
+    ...     opt.zero_grad(); loss.backward(); opt.step()
+    ...     return {"loss": float(loss.detach())}
+    >>> def validate():
+    ...     return {"score": -float((net.weight - 2).abs())}
+    >>> best = fit(net, opt, step, validate, steps=40, validate_every=20, generator=gen)
+    >>> best.epoch, round(float(net.weight.detach()), 1)
+    (40, 2.0)
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
-__all__ = ["BestEpoch"]
+from mmreg.atomic import atomic_path
+
+__all__ = ["SEED_PROTOCOL", "BestEpoch", "fit", "seed_everything", "split_items"]
+
+LOG = logging.getLogger("mmreg.train")
+
+#: How :func:`seed_everything` seeds (stored in checkpoint metadata with the seed).
+SEED_PROTOCOL = (
+    "mmreg-seed-1: random.seed(s), numpy.random.seed(s), torch.manual_seed(s) (all devices), "
+    "cudnn deterministic; sampling from torch.Generator().manual_seed(s)"
+)
 
 Record = dict[str, float]
 
@@ -111,3 +151,266 @@ class BestEpoch:
 def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
     """Tuples as lists (JSON-like, as the checkpoints store them)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+# --- split and seeding ---------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a CPU generator for sampling.
+
+    cuDNN is made deterministic (cheap); see :data:`SEED_PROTOCOL`.
+    """
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    return torch.Generator().manual_seed(seed)
+
+
+def split_items(ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split of ``ids`` (each list sorted).
+
+    The ids are sorted, permuted with ``numpy.random.default_rng(seed)`` and the first
+    ``round(n * val_fraction)`` go to validation, at least one and at most ``n - 1`` when
+    ``n >= 2`` and ``val_fraction > 0``; with fewer than two ids all are for training.
+
+    Example:
+        >>> split_items(["c", "a", "b", "d"], 0.25, seed=0)
+        (['a', 'b', 'd'], ['c'])
+    """
+    items = sorted(set(ids))
+    n = len(items)
+    if n < 2 or val_fraction <= 0:
+        return items, []
+    n_val = min(max(1, round(n * float(val_fraction))), n - 1)
+    order = np.random.default_rng(int(seed)).permutation(n)
+    val = sorted(items[i] for i in order[:n_val])
+    train = sorted(items[i] for i in order[n_val:])
+    return train, val
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def _rng_state(generator: torch.Generator | None) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(np.asarray(keys).copy()), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator | None) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), int(pos), int(has_gauss), float(gauss)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0.0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def fit(
+    module: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    train_step: Callable[[int], Mapping[str, float]],
+    validate: Callable[[], Mapping[str, float]],
+    *,
+    steps: int,
+    validate_every: int,
+    log_every: int = 50,
+    score: str = "score",
+    progress: bool = False,
+    state_path: str | Path | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    scheduler: Any = None,
+    log: logging.Logger = LOG,
+    desc: str = "train",
+    time_limit_s: float | None = None,
+) -> BestEpoch:
+    """Train for ``steps`` steps, validating every ``validate_every`` and at the end.
+
+    Args:
+        module: The network (put in train mode for steps, eval mode for validation).
+        optimiser: Its optimiser (saved in the state file).
+        train_step: ``train_step(step)`` (1-based) does one update and returns numbers to
+            average and log (e.g. ``{"loss": ...}``).
+        validate: Returns the validation numbers, among them ``score`` (higher is
+            better); run under ``torch.no_grad()``.
+        steps: Total number of steps (also when resuming).
+        validate_every: Steps between validations.
+        log_every: Steps between plain log lines (when ``progress`` is off).
+        score: The key of the validation record to maximise.
+        progress: Show a tqdm bar instead of the log lines.
+        state_path: A resumable state (weights, optimiser, scheduler, step, best so far,
+            RNG states) is written there atomically at each validation; a run starts
+            from it when it exists and its ``fingerprint`` matches.
+        fingerprint: Plain values identifying the run (settings, data); a state file
+            with another fingerprint is ignored (with a warning).
+        generator: The caller's sampling generator (its state is saved and restored).
+        scheduler: A learning-rate scheduler stepped after every step (optional).
+        log: Where lines go.
+        desc: The bar's label.
+        time_limit_s: Stop (after a last validation) once this many seconds of this
+            call have passed, even before ``steps`` (``None``: no limit).
+
+    Returns:
+        The :class:`BestEpoch` (``epoch`` is the step of the best validation; the
+        module still holds the last weights, use ``best.restore()``).
+    """
+    from tqdm.auto import tqdm
+
+    steps, validate_every = int(steps), max(1, int(validate_every))
+    print_every = max(1, int(log_every))
+    fingerprint = dict(fingerprint or {})
+    best = BestEpoch(module, log=log if not progress else None)
+    start = 0
+    path = Path(state_path) if state_path is not None else None
+    if path is not None and path.is_file():
+        start = _resume(path, module, optimiser, scheduler, best, generator, fingerprint, log)
+    began = time.perf_counter()
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
+    best.bar = bar if progress else None
+    sums: dict[str, float] = {}
+    count = 0
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        for step in range(start + 1, steps + 1):
+            module.train()
+            record = train_step(step)
+            if scheduler is not None:
+                scheduler.step()
+            for key, value in record.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
+            window_steps += 1
+            bar.update(1)
+            if progress:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()}, refresh=False)
+            elif step % print_every == 0 or step == start + 1:
+                per_step = (time.perf_counter() - window_start) / window_steps
+                shown = " ".join(f"{k} {v:.4f}" for k, v in record.items())
+                log.info(
+                    "%s step %d/%d %s | %.2f s/step | elapsed %s | ETA %s",
+                    time.strftime("%Y-%m-%d %H:%M:%S"),
+                    step,
+                    steps,
+                    shown,
+                    per_step,
+                    _duration(time.perf_counter() - began),
+                    _duration(per_step * (steps - step)),
+                )
+                window_start, window_steps = time.perf_counter(), 0
+            out_of_time = time_limit_s is not None and time.perf_counter() - began > time_limit_s
+            if out_of_time:
+                log.warning("time limit reached at step %d of %d; stopping", step, steps)
+            if step % validate_every == 0 or step == steps or out_of_time:
+                module.eval()
+                with torch.no_grad():
+                    val = dict(validate())
+                module.train()
+                train_means = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
+                sums, count = {}, 0
+                entry = {"epoch": float(step), **train_means, **val}
+                best.end_epoch(entry, score=float(val[score]))
+                if not progress:
+                    log.info(
+                        "%s validation at step %d: %s (best %s at step %d)",
+                        time.strftime("%Y-%m-%d %H:%M:%S"),
+                        step,
+                        " ".join(f"{k} {v:.4f}" for k, v in val.items()),
+                        f"{best.score:.4f}",
+                        best.epoch,
+                    )
+                if path is not None:
+                    _save_state(
+                        path, step, module, optimiser, scheduler, best, generator, fingerprint
+                    )
+            if out_of_time:
+                break
+    finally:
+        bar.close()
+    return best
+
+
+def _save_state(
+    path: Path,
+    step: int,
+    module: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    scheduler: Any,
+    best: BestEpoch,
+    generator: torch.Generator | None,
+    fingerprint: Mapping[str, Any],
+) -> None:
+    state = {
+        "step": step,
+        "fingerprint": dict(fingerprint),
+        "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "optimiser": optimiser.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "best": {
+            "score": best.score,
+            "epoch": best.epoch,
+            "state": best.state,
+            "history": best.history,
+        },
+        "rng": _rng_state(generator),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def _resume(
+    path: Path,
+    module: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    scheduler: Any,
+    best: BestEpoch,
+    generator: torch.Generator | None,
+    fingerprint: Mapping[str, Any],
+    log: logging.Logger,
+) -> int:
+    """Load a state file into the objects; the step to continue after (0: none used)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt state is not fatal: start again
+        log.warning("ignoring the training state %s: unreadable (%s)", path, type(exc).__name__)
+        return 0
+    if state.get("fingerprint") != dict(fingerprint):
+        log.warning("ignoring the training state %s: it belongs to another run", path)
+        return 0
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    module.load_state_dict(state["model"])
+    module.to(device)
+    optimiser.load_state_dict(state["optimiser"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    saved = state["best"]
+    best.score, best.epoch = saved["score"], int(saved["epoch"])
+    best._state = dict(saved["state"])
+    best.history = list(saved["history"])
+    _set_rng_state(state["rng"], generator)
+    log.info("resuming from %s at step %d", path, int(state["step"]))
+    return int(state["step"])

@@ -70,3 +70,24 @@ def test_register_errors_are_one_line(pair, tmp_path, capsys, change, code, word
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
     assert not list(tmp_path.glob("p_*"))
+
+
+def test_register_deformable_writes_an_h5_that_ants_reads(pair, tmp_path):
+    prefix = tmp_path / "def" / "sub-01"
+    method = "sitk-rigid+mind-io:grid=2:window=2:samples=2000"
+    argv = ["register", str(pair["fixed"]), str(pair["moving"]), "--method", method]
+    argv += ["--out", str(prefix), "--moving-labels", str(pair["labels"]), "--prealign", "none"]
+    assert main(argv) == 0
+    xfm = Path(f"{prefix}_xfm.h5")
+    assert xfm.is_file()
+    import ants
+
+    fixed, moving = ants.image_read(str(pair["fixed"])), ants.image_read(str(pair["moving"]))
+    warped = ants.apply_transforms(fixed, moving, transformlist=[str(xfm)])
+    ours = load_image(Path(f"{prefix}_warped.nii.gz")).data
+    inside = ours > 0.2 * ours.max()
+    assert np.corrcoef(warped.numpy()[inside], ours[inside])[0, 1] > 0.95
+    labels = load_labels(Path(f"{prefix}_warped_labels.nii.gz")).data
+    truth = load_labels(pair["fixed_labels"]).data
+    dice = 2 * np.sum((labels > 0) & (truth > 0)) / (np.sum(labels > 0) + np.sum(truth > 0))
+    assert dice > 0.85
