@@ -188,11 +188,14 @@ def _coupled_convex(cost: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
     flat = flat + TIE_BREAK * norms
     soft = field(flat.argmin(0))
+    # argmin_o cost + w |o - soft|^2 = argmin_o cost + w (|o|^2 - 2 o.soft): |soft|^2 is
+    # the same for every o, and the rest is one fused matrix product [o, |o|^2] @
+    # [-2w soft; w] added to the cost (the cost volume is the large operand on a CPU).
+    augmented = torch.cat([offsets, norms], dim=1)  # (O, ndim + 1)
+    ones = torch.ones(1, flat.shape[1], dtype=flat.dtype, device=flat.device)
     for weight in COUPLING:
-        # argmin_o cost + w |o - soft|^2 = argmin_o cost + w (|o|^2 - 2 o.soft): |soft|^2
-        # is the same for every o, and o.soft is one matrix product.
-        dot = offsets @ soft.reshape(ndim, -1)
-        soft = field((flat + weight * (norms - 2.0 * dot)).argmin(0))
+        rhs = torch.cat([-2.0 * weight * soft.reshape(ndim, -1), weight * ones], dim=0)
+        soft = field(torch.addmm(flat, augmented, rhs).argmin(0))
     return soft
 
 
@@ -344,24 +347,28 @@ class MultilevelSettings:
 
 
 def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of the spatial axes (replicated borders)."""
+    """Separable Gaussian blur of the spatial axes (replicated borders).
+
+    Each pass is a weighted sum of shifted views: on a CPU that is more than twice as fast
+    as a grouped convolution over many feature channels.
+    """
     if sigma <= 0:
         return x
     radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
+    weights = (kernel / kernel.sum()).tolist()
     ndim = x.dim() - 2
-    channels = x.shape[1]
-    conv = F.conv3d if ndim == 3 else F.conv2d
     for axis in range(ndim):
-        shape = [channels, 1] + [1] * ndim
-        shape[2 + axis] = kernel.numel()
         pads = [0, 0] * ndim
         pads[2 * (ndim - 1 - axis)] = radius
         pads[2 * (ndim - 1 - axis) + 1] = radius
-        weight = kernel.view(1, 1, *shape[2:]).expand(channels, 1, *shape[2:])
-        x = conv(F.pad(x, pads, mode="replicate"), weight, groups=channels)
+        padded = F.pad(x, pads, mode="replicate")
+        n = x.shape[2 + axis]
+        out = padded.narrow(2 + axis, 0, n) * weights[0]
+        for i in range(1, len(weights)):
+            out.add_(padded.narrow(2 + axis, i, n), alpha=weights[i])
+        x = out
     return x
 
 
@@ -429,6 +436,10 @@ def multilevel_adam(
         ratio = max(1, s.control // g)  # control spacing in level voxels
         feat_f = _gaussian(pool(fixed_p, g, stride=g) if g > 1 else fixed_p, s.sigma)
         feat_m = _gaussian(pool(moving_p, g, stride=g) if g > 1 else moving_p, s.sigma)
+        # Channels last: a sampled voxel's channels sit together, which makes grid_sample
+        # (forward and backward) several times faster on a CPU.
+        layout = torch.channels_last_3d if ndim == 3 else torch.channels_last
+        feat_m = feat_m.contiguous(memory_format=layout)
         level_sizes = tuple(feat_f.shape[2:])
         # Normalised units (the image spans [-1, 1]) so that Mok et al.'s rates apply.
         sizes_t = torch.tensor(level_sizes, dtype=torch.float32)
@@ -440,6 +451,8 @@ def multilevel_adam(
         dense = s.samples == 0 or s.samples >= n_voxels
         all_pos = _identity(level_sizes, fixed.device).reshape(ndim, -1).T if dense else None
         flat_f = feat_f.reshape(feat_f.shape[1], -1)
+        # Voxel-major copy for the sampled path: gathering rows beats gathering columns.
+        rows_f = flat_f.T if dense else flat_f.T.contiguous()
         for _ in range(level.iterations):
             optimiser.zero_grad()
             if dense:
@@ -448,7 +461,7 @@ def multilevel_adam(
                 # Whole voxels: the fixed features are read, not interpolated.
                 index = torch.randint(n_voxels, (s.samples,), generator=generator)
                 pos = _unravel(index, level_sizes)
-                target = flat_f[:, index]
+                target = rows_f[index].T
             # Control point q sits at the centre of its block: level voxel r*q + (r-1)/2.
             ctrl = param / to_norm
             disp = _sample(ctrl, (pos - (ratio - 1) / 2.0) / ratio).T if ratio > 1 else None
