@@ -12,13 +12,16 @@ Dice 1. Images are written to NIfTI and go through :func:`mmreg.pipeline.prepare
 (preprocessing and centre-of-mass pre-alignment) and the methods through
 :func:`mmreg.pipeline.register`, exactly as ``mmreg`` runs them.
 
-Data: the real IXI T1 scans with DLMUSE labels in ``../shared/data/ixi-t1-dlmuse``
-(2 mm, ~148 labels) when present, else generated demo brains (11 labels, seeds
-from 5_000_000, disjoint from the training seeds >= 10_000_000).
+Data: the held-out real IXI T1 scans (:data:`benchmarks.heldout.IXI_HELDOUT`, never
+trained on) with DLMUSE labels in ``../shared/data/ixi-t1-dlmuse`` (2 mm, ~148 labels),
+each as the whole head (``variant=head``) and brain-extracted by its labels
+(``variant=brain``), and the stroke patient's T1 against its real FLAIR (``variant=flair``,
+brain-extracted scans; its brain mask is the one label) when present; else generated demo
+brains (11 labels, seeds from 5_000_000, disjoint from the training seeds >= 10_000_000).
 
 Outputs (``--out``):
   ``cases.csv``        one row per case and method (Dice, TRE, runtime, ...)
-  ``dice_by_angle.csv``  mean/median Dice per method and angle
+  ``dice_by_angle.csv``  mean/median Dice per variant, method and angle
   ``repeatability.csv``  KeyMorph keypoint repeatability per angle (voxels)
   ``runtime.csv``      median runtime per method and the ratio to ants-affine
 
@@ -47,9 +50,13 @@ import pandas as pd
 from scipy.spatial.transform import Rotation
 
 os.environ.setdefault("NO_ET", "1")
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 IXI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ixi-t1-dlmuse"
-DEFAULT_METHODS = "keymorph-affine,ants-affine,keymorph-affine+ants-affine"
+STROKE = IXI.parent / "stroke-t1-t2-flair"
+DEFAULT_METHODS = "ants-affine,ants-ai,keymorph-affine,keymorph-affine+ants-affine,keymorph-tps"
 DEFAULT_ANGLES = "0,30,60,90,120,150,180"
 
 
@@ -58,6 +65,7 @@ class Case:
     """One benchmark pair: images and labels in memory, the true fixed->moving map."""
 
     subject: str
+    variant: str
     angle: float
     fixed: object  # mmreg Image
     moving: object
@@ -67,14 +75,24 @@ class Case:
 
 
 def ixi_subjects(n: int) -> list[tuple[str, Path, Path]]:
-    """``(name, t1, seg)`` of the first ``n`` IXI subjects (sorted names)."""
+    """``(name, t1, seg)`` of the first ``n`` held-out IXI subjects (never trained on)."""
+    from benchmarks.heldout import IXI_HELDOUT
+
     out = []
-    for t1 in sorted((IXI / "t1").glob("*_T1.nii.gz"))[:n]:
-        name = t1.name.replace("_T1.nii.gz", "")
+    for name in IXI_HELDOUT[:n]:
+        t1 = IXI / "t1" / f"{name}_T1.nii.gz"
         seg = IXI / "seg" / f"{name}_T1_DLMUSE.nii.gz"
-        if seg.is_file():
+        if t1.is_file() and seg.is_file():
             out.append((name, t1, seg))
     return out
+
+
+def brain_extracted(t1: object, labels: object) -> object:
+    """The T1 with everything outside its labels (the brain) set to 0."""
+    from mmreg.imaging.image import Image
+
+    data = np.asarray(t1.data, np.float32) * (np.asarray(labels.data) > 0)
+    return Image(data, t1.affine)
 
 
 def t2_like(
@@ -108,8 +126,12 @@ def make_case(
     labels_img: object,
     angle: float,
     rng: np.random.Generator,
+    *,
+    variant: str = "head",
+    other: object | None = None,
 ) -> Case:
-    """Rotate a T2-like copy of ``t1_img`` by ``angle`` degrees about a random axis."""
+    """Rotate a T2-like copy of ``t1_img`` (or ``other``, a real co-registered contrast)
+    by ``angle`` degrees about a random axis."""
     from mmreg.imaging.image import Image
     from mmreg.imaging.preprocess import foreground_mask
 
@@ -125,9 +147,10 @@ def make_case(
     pose = np.eye(4)
     pose[:3, :3] = rot
     pose[:3, 3] = centre + shift - rot @ centre
-    moving = Image(t2_like(t1.data, lab.data, rng), pose @ t1.affine)
+    data = t2_like(t1.data, lab.data, rng) if other is None else np.asarray(other.data)
+    moving = Image(data, pose @ t1.affine)
     moving_labels = Image(np.asarray(lab.data), pose @ lab.affine)
-    return Case(name, float(angle), t1, moving, lab, moving_labels, pose)
+    return Case(name, variant, float(angle), t1, moving, lab, moving_labels, pose)
 
 
 def _save(image: object, path: Path) -> Path:
@@ -183,7 +206,12 @@ def run_case(
     rows = []
     spacing = float(np.mean(case.fixed.spacing))
     for method in methods:
-        row = {"subject": case.subject, "angle": case.angle, "method": method}
+        row = {
+            "subject": case.subject,
+            "variant": case.variant,
+            "angle": case.angle,
+            "method": method,
+        }
         try:
             result = register(prepared, method, seed=0, threads=threads, models=models)
         except Exception as exc:  # a failed method is a row, not a crash
@@ -232,7 +260,12 @@ def phantom_sources(n: int) -> list[tuple[str, object, object]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--subjects", type=int, default=6)
+    parser.add_argument("--subjects", type=int, default=5)
+    parser.add_argument(
+        "--variants",
+        default="head,brain,flair",
+        help="IXI whole heads, IXI brain-extracted, stroke T1 vs FLAIR (real data only)",
+    )
     parser.add_argument("--angles", default=DEFAULT_ANGLES)
     parser.add_argument("--methods", default=DEFAULT_METHODS)
     parser.add_argument("--model", type=Path, default=None, help="KeyMorph weights")
@@ -250,22 +283,33 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     models = {"keymorph": str(args.model.resolve())} if args.model else {}
     use_ixi = args.data == "ixi" or (args.data == "auto" and IXI.is_dir())
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    # (name, variant, fixed, labels, real moving contrast or None for a T2-like one)
+    sources: list[tuple[str, str, object, object, object | None]] = []
     if use_ixi:
-        sources = [
-            (name, load_image(t1), load_labels(seg))
-            for name, t1, seg in ixi_subjects(args.subjects)
-        ]
+        for name, t1, seg in ixi_subjects(args.subjects):
+            image, labels = load_image(t1), load_labels(seg)
+            if "head" in variants:
+                sources.append((name, "head", image, labels, None))
+            if "brain" in variants:
+                sources.append((name, "brain", brain_extracted(image, labels), labels, None))
+        if "flair" in variants and STROKE.is_dir():
+            from mmreg.imaging.image import Image
+
+            t1 = load_image(STROKE / "T1.nii.gz")
+            mask = Image((np.asarray(t1.data) > 0).astype(np.int16), t1.affine)
+            sources.append(("stroke", "flair", t1, mask, load_image(STROKE / "FLAIR.nii.gz")))
     else:
-        sources = phantom_sources(args.subjects)
+        sources = [(n, "phantom", t, lab, None) for n, t, lab in phantom_sources(args.subjects)]
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-km-") as tmp:
-        for k, (name, t1, lab) in enumerate(sources):
+        for k, (name, variant, t1, lab, other) in enumerate(sources):
             for a, angle in enumerate(angles):
                 rng = np.random.default_rng([args.seed, k, a])
-                case = make_case(name, t1, lab, angle, rng)
+                case = make_case(name, t1, lab, angle, rng, variant=variant, other=other)
                 case_rows = run_case(
                     case, methods, folder=Path(tmp), models=models, threads=args.threads
                 )
@@ -277,20 +321,22 @@ def main(argv: list[str] | None = None) -> int:
                 brief = ", ".join(
                     f"{r['method']}={r.get('dice_mean', float('nan')):.3f}" for r in case_rows
                 )
-                print(f"{name} {angle:5.0f} deg: {brief}", flush=True)
+                print(f"{name} {variant} {angle:5.0f} deg: {brief}", flush=True)
     cases = pd.DataFrame(rows)
     cases.to_csv(out / "cases.csv", index=False)
     ok = cases[cases["status"] == "ok"]
     by_angle = (
-        ok.groupby(["method", "angle"])["dice_mean"]
+        ok.groupby(["variant", "method", "angle"])["dice_mean"]
         .agg(["mean", "median", "min", "count"])
         .reset_index()
     )
+    tre_by_angle = ok.groupby(["variant", "method", "angle"])["tre_mm"].mean().reset_index()
+    by_angle = by_angle.merge(tre_by_angle, on=["variant", "method", "angle"])
     by_angle.to_csv(out / "dice_by_angle.csv", index=False)
     km = ok[ok["method"].str.startswith("keymorph") & ~ok["method"].str.contains(r"\+")]
     if not km.empty:
         rep = (
-            km.groupby(["method", "angle"])[
+            km.groupby(["variant", "method", "angle"])[
                 [
                     "repeatability_vox_mean",
                     "repeatability_vox_median",
@@ -309,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     runtime["threads"] = args.threads
     runtime["machine"] = f"{platform.machine()} {os.cpu_count()} cpus"
     runtime.to_csv(out / "runtime.csv", index=False)
-    pivot = by_angle.pivot(index="angle", columns="method", values="mean")
-    print(pivot.round(3).to_string())
+    for variant, part in by_angle.groupby("variant"):
+        print(f"{variant}: mean Dice")
+        print(part.pivot(index="angle", columns="method", values="mean").round(3).to_string())
     print(runtime.round(3).to_string(index=False))
     print(f"data: {'IXI' if use_ixi else 'phantom'}; {time.perf_counter() - t0:.0f} s")
     return 0

@@ -26,7 +26,6 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import mmreg
 from mmreg.bids_app.config import (
@@ -38,9 +37,11 @@ from mmreg.bids_app.config import (
     Config,
 )
 from mmreg.bids_app.ownership import check_demo_dir, check_output_dir, check_writable_folder
+from mmreg.bids_app.parsing import Parser, ParserExit, no_exit, positive_int
 from mmreg.errors import InputError, MmregError, UsageError
 from mmreg.imaging.preprocess import DEFAULT_PREALIGN, PREALIGN_MODES
 from mmreg.interrupts import EXIT_INTERRUPTED, Interrupted, interrupts_watched
+from mmreg.models import parse_models
 from mmreg.runtime import usable_cpus
 
 EXIT_OK = 0
@@ -91,14 +92,6 @@ def _exit_code(error: MmregError) -> int:
     return EXIT_SOFTWARE  # only contract codes leave mmreg
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors raised (exit 64 in :func:`main`), not ``sys.exit(2)``."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        raise UsageError(message)
-
-
 #: One line per method for ``--help`` (a name missing here is listed without one).
 METHOD_HELP: dict[str, str] = {
     "identity": "no registration: the header alignment (after --prealign), the baseline",
@@ -143,7 +136,7 @@ def _methods_help() -> str:
     return "\n".join(lines)
 
 
-class _BidsAppParser(_Parser):
+class _BidsAppParser(Parser):
     """The BIDS-App parser; its help ends with the methods (listed only when asked for)."""
 
     def format_help(self) -> str:
@@ -152,32 +145,8 @@ class _BidsAppParser(_Parser):
         return super().format_help()
 
 
-class _Exit(Exception):
-    """``--help``/``--version`` finished; carries the exit status."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-def _no_exit(parser: argparse.ArgumentParser) -> None:
-    def exit_(status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            sys.stderr.write(message)
-        raise _Exit(status)
-
-    parser.exit = exit_  # type: ignore[method-assign]
-
-
 # ---------------------------------------------------------------------------------------------
 # Value checks used as argparse types (argparse turns ValueError/ArgumentTypeError into 64)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _seed(text: str) -> int:
@@ -242,43 +211,6 @@ def parse_worker_args(items: Sequence[str], worker: str) -> dict[str, str]:
         if key == "poll" and not value.isdigit():
             raise UsageError(f"--worker-args {item}: poll must be whole seconds (0 or more)")
         parsed[key] = value
-    return parsed
-
-
-def parse_models(
-    items: Sequence[str] | None, methods: Sequence[str], *, extra: Sequence[str] = ()
-) -> dict[str, str]:
-    """``["keymorph=/w/km.pt"]`` -> ``{"keymorph": "/w/km.pt"}`` (absolute, existing files).
-
-    ``extra`` families are accepted whatever the methods (the group level's subject
-    matching reads ``contrastive`` weights).
-
-    Raises:
-        UsageError: For an item without ``=``, a family no listed method uses, or a
-            missing file.
-    """
-    if not items:
-        return {}
-    from mmreg.methods import model_families
-
-    families = list(model_families(methods))
-    families += [f for f in extra if f not in families]
-    parsed: dict[str, str] = {}
-    for item in items:
-        family, sep, value = item.partition("=")
-        family, value = family.strip(), value.strip()
-        if not sep or not family or not value:
-            raise UsageError(f"--model {item}: expected FAMILY=PATH, e.g. keymorph=model.pt")
-        if family not in families:
-            used = ", ".join(families) or "none"
-            raise UsageError(
-                f"--model {item}: no selected method uses {family!r} weights "
-                f"(learned families in --methods: {used})"
-            )
-        path = Path(value).expanduser().resolve()
-        if not path.is_file():
-            raise UsageError(f"--model {item}: file not found: {path}")
-        parsed[family] = str(path)
     return parsed
 
 
@@ -357,14 +289,14 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--nprocs",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="parallel tasks for the cf worker (default: usable CPUs / --omp-nthreads)",
     )
     group.add_argument(
         "--omp-nthreads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="threads inside each task (ITK, torch); 1 keeps results bit-reproducible "
@@ -522,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sel.add_argument(
         "--max-pairs",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="register only the first N pairs (quick checks)",
@@ -593,13 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="cache of intermediate results; reruns reuse it (default: OUTPUT_DIR/work)",
     )
     _add_engine_options(parser)
-    _no_exit(parser)
+    no_exit(parser)
     return parser
 
 
 def build_register_parser() -> argparse.ArgumentParser:
     """``mmreg register FIXED MOVING --method M --out PREFIX``."""
-    parser = _Parser(
+    parser = Parser(
         prog="mmreg register",
         description="Register one pair of images outside BIDS, with the same preprocessing, "
         "methods, models and errors as the BIDS-App; writes PREFIX_xfm.{txt,h5} (ITK, "
@@ -631,20 +563,20 @@ def build_register_parser() -> argparse.ArgumentParser:
     eng = parser.add_argument_group("execution")
     eng.add_argument(
         "--omp-nthreads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="threads (ITK, torch); 1 keeps results bit-reproducible (default: %(default)s)",
     )
     eng.add_argument("--device", choices=DEVICES, default="auto", help="for learned methods")
     eng.add_argument("-v", "--verbose", action="count", default=0, help="more messages")
-    _no_exit(parser)
+    no_exit(parser)
     return parser
 
 
 def build_demo_parser() -> argparse.ArgumentParser:
     """``mmreg demo --out DIR ...``."""
-    parser = _Parser(
+    parser = Parser(
         prog="mmreg demo",
         description="Generate a small BIDS dataset with ground truth in DIR/bids, then run "
         "the participant and group levels into DIR/bids/derivatives/mmreg.",
@@ -664,7 +596,7 @@ def build_demo_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--subjects",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         metavar="N",
         help="number of subjects (default: %(default)s)",
@@ -695,7 +627,7 @@ def build_demo_parser() -> argparse.ArgumentParser:
         "wholebody; above 45 the pose covers the full circle)",
     )
     _add_engine_options(parser)
-    _no_exit(parser)
+    no_exit(parser)
     return parser
 
 
@@ -845,6 +777,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
     from mmreg.bids_app import query
 
     bids_dir = query.check_bids_dir(args.bids_dir).resolve()
+    # Methods, parameters, weights and the worker first: a mistake there costs no indexing
+    # and creates no folder.
+    methods = parse_methods(args.methods)
+    models = parse_models(
+        args.model, methods, extra=("contrastive",) if args.analysis_level == "group" else ()
+    )
+    if args.analysis_level == "participant":
+        from mmreg.bids_app.models import check_methods
+
+        check_methods(methods, models)
+    _check_worker(args.worker)
+    worker_args = parse_worker_args(args.worker_args, args.worker)
+    _check_device(args.device)
     output_dir = args.output_dir.resolve()
     check_output_location(bids_dir, output_dir)
     work_dir = (args.work_dir or output_dir / "work").resolve()
@@ -859,10 +804,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         default_gt = bids_dir / "derivatives" / "ground-truth"
         ground_truth = default_gt if default_gt.is_dir() else None
     fixed, moving = _filters(args)
-    _check_worker(args.worker)
-    worker_args = parse_worker_args(args.worker_args, args.worker)
-    _check_device(args.device)
-    methods = parse_methods(args.methods)
     extra = {}
     if fixed is not None:
         extra["fixed"] = fixed
@@ -878,9 +819,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ground_truth=str(ground_truth) if ground_truth else None,
         methods=methods,
         # The group level's subject matching takes contrastive weights whatever the methods.
-        models=parse_models(
-            args.model, methods, extra=("contrastive",) if args.analysis_level == "group" else ()
-        ),
+        models=models,
         work_dir=str(work_dir),
         worker=args.worker,
         worker_args=worker_args,
@@ -1010,7 +949,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if argv and argv[0] == "register":
                 return _main_register(argv[1:])
             return _main_bids_app(argv)
-    except _Exit as done:
+    except ParserExit as done:
         return done.status
     except MmregError as error:
         print(f"mmreg: error: {error}", file=sys.stderr)

@@ -20,6 +20,7 @@ import pandas as pd
 import mmreg
 from mmreg.atomic import atomic_copy, atomic_path, atomic_write_text
 from mmreg.bids_app import naming
+from mmreg.bids_app.columns import write_data_dictionary
 from mmreg.bids_app.ownership import OUTPUT_NAME
 
 #: Contract columns, in order; per-label and extra columns follow.
@@ -43,7 +44,15 @@ CONTRACT_COLUMNS = (
 #: Things BIDS cannot express inside a derivatives dataset: run logs, the work dir,
 #: group tables, ITK transforms (BEP014 is not in the schema yet) and our CSVs.
 #: (The validator matches folder names without a trailing slash.)
-BIDSIGNORE = ("logs", "work", "group", "*_xfm.*", "*_evaluation.csv", "*_keypoints.tsv")
+BIDSIGNORE = (
+    "logs",
+    "work",
+    "group",
+    "*_xfm.*",
+    "*_evaluation.csv",
+    "*_evaluation.json",
+    "*_keypoints.tsv",
+)
 
 README = """# mmreg derivatives
 
@@ -127,7 +136,8 @@ def write_pair_outputs(
     common = {"Method": row["method"], "GeneratedBy": f"mmreg {mmreg.__version__}"}
     warped_meta = {
         "SpatialReference": fixed_uri,
-        "Sources": [*source, xfm.relative_to(output_dir).as_posix()],
+        # bids::<path>: a file of this derivatives dataset (BIDS URI).
+        "Sources": [*source, f"bids::{xfm.relative_to(output_dir).as_posix()}"],
         "Description": f"{moving} image resampled onto the {fixed} image's grid",
         # Resampling keeps every voxel; the background is never zeroed here.
         "SkullStripped": False,
@@ -212,8 +222,13 @@ def public_row(pair: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
         "session": pair.get("session") or "",
         "fixed": pair["fixed_label"],
         "moving": pair["moving_label"],
-        "fixed_image": str(pair.get("fixed", "")),
-        "moving_image": str(pair.get("moving", "")),
+        # BIDS URIs (bids:raw:<path in BIDS_DIR>): the table stays valid when moved.
+        "fixed_image": naming.bids_uri(pair["fixed"], pair.get("bids_dir"))
+        if pair.get("fixed")
+        else "",
+        "moving_image": naming.bids_uri(pair["moving"], pair.get("bids_dir"))
+        if pair.get("moving")
+        else "",
     }
     for key, value in row.items():
         if key.startswith("_") or key == "extras":
@@ -234,4 +249,5 @@ def write_subject_csv(output_dir: Path, subject: str, rows: Sequence[dict[str, A
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
+    write_data_dictionary(path, frame.columns)
     return path

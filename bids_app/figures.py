@@ -222,7 +222,13 @@ def boxplot_groups(
         )
     labels = [label if values.size else f"{label}\n(no data)" for label, values, _ in finite]
     ax.set_xticks(range(1, len(finite) + 1))
-    ax.set_xticklabels(labels, fontsize=8, rotation=20 if len(finite) > 5 else 0)
+    # About 12 characters of 8-pt text fit per inch: slanted labels when one would not fit
+    # its slot, so neighbours never overlap.
+    longest = max(len(line) for label in labels for line in label.split("\n"))
+    slanted = longest > 12.0 * width / len(finite) * 0.9
+    ax.set_xticklabels(
+        labels, fontsize=8, rotation=30 if slanted else 0, ha="right" if slanted else "center"
+    )
     ax.set_xlim(0.4, len(finite) + 0.6)
     everything = np.concatenate([v for _, v, _ in finite if v.size])
     if logscale and np.all(everything > 0):
@@ -361,6 +367,38 @@ def _show_grey(ax: Any, slice2d: npt.NDArray, extent: tuple[float, float, float,
         vmax=1,
         interpolation="nearest",
     )
+
+
+def flicker_frames(fixed: Image, warped: Image, *, dpi: int = DPI) -> tuple[bytes, bytes]:
+    """Two PNGs of identical geometry, the fixed and the warped image's mid slices.
+
+    Shown one on top of the other and alternated (the report's before/after toggle, as
+    fMRIPrep's flickering SVGs), misalignment is seen as motion. Three orthogonal planes
+    (one for 2D) in one row, large enough to judge, with the fixed image's edges on both.
+    """
+    warped = resample_to(warped, fixed)
+    f3, spacing = _canonical(robust_normalise(fixed.data), fixed.affine)
+    m3, _ = _canonical(robust_normalise(warped.data), fixed.affine)
+    planes = _plane_slices(f3, m3, spacing)
+    frames = []
+    for which in (1, 2):
+        fig = Figure(figsize=(3.6 * len(planes), 3.8))
+        for col, (name, f2, m2, (width, height)) in enumerate(planes):
+            ax = fig.add_subplot(1, len(planes), col + 1)
+            extent = (0.0, width, 0.0, height)
+            _show_grey(ax, f2 if which == 1 else m2, extent)
+            # The fixed image's edges on both frames: a fixed frame of reference.
+            edges = edge_map(f2)
+            rgba = np.zeros((*edges.T.shape, 4), dtype=np.float32)
+            rgba[..., 1], rgba[..., 2] = 0.8, 1.0
+            rgba[..., 3] = edges.T * 0.6
+            ax.imshow(rgba, origin="lower", extent=extent, interpolation="nearest")
+            ax.set_title(f"{name}: {'fixed' if which == 1 else 'warped moving'}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.tight_layout()
+        frames.append(to_png(fig, dpi=dpi, palette=True))
+    return frames[0], frames[1]
 
 
 def overlay_figure(

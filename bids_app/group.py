@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mmreg.atomic import atomic_path
+from mmreg.bids_app.columns import write_data_dictionary
 from mmreg.bids_app.derivatives import CONTRACT_COLUMNS, order_columns
 from mmreg.bids_app.query import is_bids_label
 from mmreg.bids_app.table1 import keypoint_errors, table1, table1_section
@@ -267,9 +268,10 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
-    """Write ``df`` atomically with the stable float format."""
+    """Write ``df`` atomically with the stable float format, and its data dictionary."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
+    write_data_dictionary(Path(path), df.columns)
     return Path(path)
 
 
@@ -355,8 +357,8 @@ def run_group_level(
             report's figures when the rows carry no ``fixed_image`` path.
         extra_sections: ``(title, html)`` sections appended to the report;
             the HTML is inserted as is, so it must be trusted and escaped.
-        max_subjects: Subjects that get alignment figures (the first ones in
-            label order); ``None`` for all.
+        max_subjects: Subjects that get alignment figures (failures and the worst
+            scores first); ``None`` for all.
         matching: Match 2D and 3D scans across subjects (never fails the level).
         models: Weights per method family; ``contrastive`` scores the matching
             (default: the shipped weights; none: matching is skipped).
@@ -386,7 +388,9 @@ def run_group_level(
     if len(points):
         table = table1(points)
         paths["table1"] = write_csv(table, group_dir / "table1.csv")
-        sections.append(("Keypoint transfer error (cm)", table1_section(table, points)))
+        # cm, as in the paper's Table 1 that this reproduces; every other table is in mm.
+        title = "Keypoint transfer error (cm, as in Windsor et al.'s Table 1)"
+        sections.append((title, table1_section(table, points)))
     if matching:
         sections += _matching(df, group_dir, paths, bids_dir, models or {}, device)
     html = build_report(

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from mmreg.bids_app import naming
 from mmreg.bids_app.config import Config, describe_filter
 from mmreg.errors import InputError, UsageError
+from mmreg.records import LabelledImage
 
 if TYPE_CHECKING:
     from bids import BIDSLayout
@@ -978,6 +979,34 @@ def _unusable(path: str) -> str | None:
     except OSError as exc:
         return f"cannot open {name} ({_why(exc)})"
     return None
+
+
+def labelled_images(
+    bids_dir: Path, paths: Sequence[Path], ground_truth: str | os.PathLike[str] | None
+) -> list[LabelledImage]:
+    """Each image of ``paths`` (inside ``bids_dir``) with its label map and landmarks, if any."""
+    from bids.layout import parse_file_entities
+
+    root = Path(bids_dir)
+    index = _GroundTruthIndex(ground_truth)
+    out = []
+    for path in paths:
+        # Relative to the root: a root path like /data/sub-99/bids must not set the subject.
+        rel = "/" + Path(path).relative_to(root).as_posix()
+        img = _as_image(Path(path), parse_file_entities(rel), root)
+        if img is None:
+            continue
+        out.append(
+            LabelledImage(
+                path=img.path,
+                subject=img.subject,
+                session=img.session,
+                suffix=img.suffix,
+                dseg=index.find(img, img.suffix, "dseg"),
+                landmarks=index.find(img, img.suffix, "landmarks"),
+            )
+        )
+    return out
 
 
 def find_pairs(

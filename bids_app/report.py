@@ -14,6 +14,7 @@ report itself never fails on one subject's data.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import logging
@@ -23,9 +24,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
+import jinja2
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from mmreg import __version__
 from mmreg.bids_app import figures, naming
@@ -73,6 +78,7 @@ h4 { font-size: 1em; margin: 1em 0 0.3em; }
 .meta { color: #666; font-size: 0.9em; }
 nav a { margin-right: 1em; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.88em; }
+.scroll { overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -84,6 +90,12 @@ img { max-width: 100%; height: auto; border: 1px solid #eee; }
 .note { color: #8a6d3b; background: #fcf8e3; padding: 0.3em 0.6em; border-radius: 3px;
         font-size: 0.9em; display: inline-block; margin: 0.2em 0; }
 code { font-size: 0.9em; }
+figure.wide { flex-basis: 100%; }
+.flicker { position: relative; display: inline-block; }
+.flicker img.after { position: absolute; left: 0; top: 0;
+                     animation: flicker 2s steps(1, end) infinite; }
+.flicker:hover img.after { animation: none; opacity: 0; }
+@keyframes flicker { 0% { opacity: 0; } 50% { opacity: 1; } }
 """
 
 
@@ -129,13 +141,12 @@ def _table(
     *,
     row_classes: Sequence[str] | None = None,
 ) -> str:
-    """An HTML table; cells are HTML already (escape them before)."""
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = []
-    for i, row in enumerate(rows):
-        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        body.append(f"<tr{cls}>" + "".join(row) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    """An HTML table; cells and header are HTML already (escape them before)."""
+    classes = list(row_classes) if row_classes else [""] * len(rows)
+    return _template("table.html").render(
+        header=[Markup(h) for h in header],
+        rows=[([Markup(c) for c in row], cls) for row, cls in zip(rows, classes, strict=True)],
+    )
 
 
 def _td(text: str, *, num: bool = False) -> str:
@@ -224,7 +235,7 @@ def _summary_section(summary: pd.DataFrame) -> str:
     text = (
         '<h2 id="summary">Summary</h2>'
         '<p class="meta">Mean ± sample SD over successful registrations; "before" is the '
-        "alignment of the inputs before registration (after pre-alignment, if any). "
+        "alignment of the inputs as they lie in world space (before any pre-alignment). "
         "Full statistics (with medians) are in <code>group/summary.csv</code>.</p>"
         + _table(header, rows, row_classes=classes)
     )
@@ -257,13 +268,24 @@ def _has_values(df: pd.DataFrame, column: str) -> bool:
 
 
 def _plots_section(df: pd.DataFrame) -> str:
-    parts, missing = [], []
+    parts, missing, notes = [], [], []
     for column, title, ylabel, log in BOXPLOTS:
         if column not in df.columns or not _has_values(df, column):
             missing.append(column)
             continue
+        data = df
+        if column == "neg_jacobian_pct":
+            values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
+            if not np.any(values[np.isfinite(values)] != 0):
+                notes.append("No result folds (Jacobian determinant > 0 everywhere).")
+                continue
+        if log and "method" in df.columns:
+            # No registration takes no time: on a log axis it would only squash the others.
+            data = df[df["method"].astype(str) != "identity"]
+            if data.empty:
+                continue
         try:
-            png = figures.boxplot_by_method(df, column, title=title, ylabel=ylabel, logscale=log)
+            png = figures.boxplot_by_method(data, column, title=title, ylabel=ylabel, logscale=log)
         except Exception as exc:  # a plot is never worth losing the report
             LOGGER.warning("box plot of %s failed: %s", column, exc)
             missing.append(column)
@@ -275,6 +297,8 @@ def _plots_section(df: pd.DataFrame) -> str:
     text = '<h2 id="plots">Metrics per method</h2><div class="figs">' + "".join(parts) + "</div>"
     if missing:
         text += _note("No values for: " + ", ".join(missing) + ".")
+    for note in notes:
+        text += _note(note)
     return text
 
 
@@ -363,7 +387,11 @@ def find_source_image(
     """
     given = row.get(f"{role}_image", "")
     if not _is_missing(given):
-        path = Path(str(given))
+        text = str(given)
+        if text.startswith("file://"):
+            text = url2pathname(urlparse(text).path)
+        text = text.removeprefix("bids:raw:")  # a BIDS URI into BIDS_DIR
+        path = Path(text)
         if not path.is_absolute() and bids_dir is not None:
             path = Path(bids_dir) / path
         if path.is_file():
@@ -394,6 +422,22 @@ def _load(path: Path | None, cache: dict[Path, Image | str]) -> Image | str:
         except Exception as exc:  # report the reason; the report goes on
             cache[path] = " ".join(str(exc).split()) or type(exc).__name__
     return cache[path]
+
+
+def _flicker(fixed: Image, other: Image, caption: str) -> str:
+    """Fixed and ``other`` alternating in one place (hover holds the fixed frame)."""
+    try:
+        first, second = figures.flicker_frames(fixed, other)
+    except Exception as exc:  # a figure is never worth losing the report
+        return _note(f"{caption}: no figure ({exc})")
+    return (
+        '<figure class="wide"><div class="flicker">'
+        f'<img src="{data_uri(first)}" alt="fixed">'
+        f'<img class="after" src="{data_uri(second)}" alt="{_esc(caption)}"></div>'
+        f"<figcaption>{_esc(caption)}: the fixed image and the moving one alternate every "
+        "second (cyan: the fixed image's edges); hover to hold the fixed frame.</figcaption>"
+        "</figure>"
+    )
 
 
 def _overlay(fixed: Image, other: Image, title: str, caption: str) -> str:
@@ -489,6 +533,7 @@ def _pair_section(group: pd.DataFrame, output_dir: Path, bids_dir: Path | None) 
                 f"before registration: {moving_label} as it lies in world space",
             )
         )
+        figs.append(_flicker(fixed, moving, f"before registration: {moving_label}"))
     for _, r in group.iterrows():
         method = str(r.get("method", ""))
         if str(r.get("status", "")) != "ok":
@@ -499,10 +544,43 @@ def _pair_section(group: pd.DataFrame, output_dir: Path, bids_dir: Path | None) 
             figs.append(_note(f"{method}: warped image {warped}"))
             continue
         figs.append(_overlay(fixed, warped, method, f"{method}: {moving_label} warped"))
+        figs.append(_flicker(fixed, warped, f"{method}: {moving_label} warped"))
         if isinstance(moving, Image):
             figs.extend(_keypoints(r, output_dir, fixed, moving))
     parts.append('<div class="figs">' + "".join(figs) + "</div>")
     return "\n".join(parts)
+
+
+def worst_subjects(df: pd.DataFrame, n: int) -> list[str]:
+    """The ``n`` subjects a reviewer should look at first, in the order shown.
+
+    Subjects with a failed row come first, then those whose worst successful row scores
+    lowest (Dice; landmark error when there are no labels); ties and subjects without
+    scores in label order.
+
+    Example:
+        >>> df = pd.DataFrame({"subject": ["01", "02", "03", "04"],
+        ...                    "status": ["ok", "ok", "ok", "failed"],
+        ...                    "dice_mean": [0.9, 0.5, 0.7, None]})
+        >>> worst_subjects(df, 3)
+        ['04', '02', '03']
+    """
+    frame = df.assign(subject=df["subject"].astype(str))
+    failed = (
+        (frame.get("status", pd.Series("ok", index=frame.index)) != "ok")
+        .groupby(frame["subject"])
+        .any()
+    )
+    badness = pd.Series(0.0, index=failed.index)
+    for column, sign in (("dice_mean", -1.0), ("tre_mean_mm", 1.0)):
+        if column in frame.columns:
+            values = pd.to_numeric(frame[column], errors="coerce") * sign
+            worst = values.groupby(frame["subject"]).max()
+            if worst.notna().any():
+                badness = worst.reindex(failed.index).fillna(-np.inf)
+                break
+    order = sorted(failed.index, key=lambda s: (bool(not failed[s]), -badness[s], s))
+    return order[:n]
 
 
 def _subjects_section(
@@ -512,7 +590,9 @@ def _subjects_section(
     if df.empty or "subject" not in df.columns:
         return head + _note("No subjects.")
     subjects = sorted(df["subject"].astype(str).unique())
-    shown = subjects if max_subjects is None else subjects[: max(0, max_subjects)]
+    shown = subjects
+    if max_subjects is not None and len(subjects) > max_subjects:
+        shown = worst_subjects(df, max(0, max_subjects))
     intro = (
         '<p class="meta">Top row: the fixed image with the edges of the warped moving image '
         "(orange); bottom row: a checkerboard of the fixed and the warped image; mid slices, "
@@ -520,8 +600,9 @@ def _subjects_section(
     )
     if len(shown) < len(subjects):
         intro += _note(
-            f"Figures for the first {len(shown)} of {len(subjects)} subjects only "
-            "(max_subjects); all subjects are in the tables and the CSVs."
+            f"Figures for {len(shown)} of {len(subjects)} subjects only (max_subjects): those "
+            "with failures first, then the worst scores (lowest Dice, else largest TRE); all "
+            "subjects are in the tables and the CSVs."
         )
     parts = [head, intro]
     keys = [k for k in ("session", "fixed", "moving") if k in df.columns]
@@ -560,8 +641,8 @@ def build_report(
             rows do not carry their paths.
         extra_sections: ``(title, html)`` appended at the end; the HTML is
             trusted (inserted unescaped), the title is escaped.
-        max_subjects: Subjects with alignment figures (first in label order);
-            ``None`` for all.
+        max_subjects: Subjects with alignment figures (failures and worst scores
+            first, see :func:`worst_subjects`); ``None`` for all.
         title: Page title.
     """
     output_dir = Path(output_dir)
@@ -577,24 +658,38 @@ def build_report(
         ("subjects", "Subjects"),
     ]
     nav += [(f"extra-{i}", t) for i, (t, _) in enumerate(extras)]
-    body = [
-        f"<h1>{_esc(title)}</h1>",
-        f'<p class="meta">mmreg {_esc(__version__)} · generated {_esc(now)} · '
-        f"{len(df)} registration(s) of {n_subjects} subject(s) with {len(methods)} method(s) "
-        f"({_esc(', '.join(methods))}) · {n_failed} failed · "
-        f"<code>{_esc(output_dir)}</code></p>",
-        "<nav>" + "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in nav) + "</nav>",
+    sections = [
         _config_section(output_dir),
         _summary_section(summary),
         _plots_section(df),
         _failures_section(df),
         _subjects_section(df, output_dir, bids_dir, max_subjects),
     ]
-    body += [f'<h2 id="extra-{i}">{_esc(t)}</h2>\n{h}' for i, (t, h) in enumerate(extras)]
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(b for b in body if b)
-        + "\n</body>\n</html>\n"
+    return _template("report.html").render(
+        title=title,
+        css=Markup(CSS),
+        version=__version__,
+        generated=now,
+        n_rows=len(df),
+        n_subjects=n_subjects,
+        methods=methods,
+        n_failed=n_failed,
+        output_dir=str(output_dir),
+        nav=nav,
+        # The sections are built (and escaped) here; extras' HTML is trusted by contract.
+        sections=[Markup(s) for s in sections],
+        extras=[(t, Markup(h)) for t, h in extras],
     )
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("mmreg.bids_app", "templates"),
+        autoescape=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _template(name: str) -> jinja2.Template:
+    return _environment().get_template(name)

@@ -22,9 +22,10 @@ from mmreg.atomic import atomic_write_text, remove_stale_temporaries
 from mmreg.bids_app import derivatives
 from mmreg.bids_app.config import Config, slurm_worker_kwargs
 from mmreg.bids_app.logs import LOGGER, setup_logging
+from mmreg.bids_app.models import check_methods
 from mmreg.bids_app.query import MissingPair, Pair
 from mmreg.cache import check_seal, forget_workflows, purge_corrupt
-from mmreg.errors import InputError, MmregError, UsageError
+from mmreg.errors import MmregError, UsageError
 from mmreg.provenance import files_sha256
 from mmreg.runtime import limit_threads
 
@@ -453,20 +454,10 @@ def model_records(config: Config) -> dict[str, dict[str, str]]:
     """Path and sha256 of the weights of every learned family the run's methods use.
 
     Raises:
-        InputError: When weights are missing or fail their sha256 check (before any task).
+        UsageError: When weights are missing or fail their sha256 check (before any task).
     """
-    from mmreg.methods import model_families
-    from mmreg.models import load_checkpoint, model_record
-
-    records = {}
-    for family in model_families(config.methods):
-        # Verify once here, so a bad file is one clear usage error rather than N failed rows.
-        try:
-            record = model_record(family, config.models.get(family))
-            load_checkpoint(record["path"], method=family)
-        except InputError as exc:
-            raise UsageError(str(exc)) from exc
-        records[family] = record
+    records = check_methods(config.methods, config.models)
+    for family, record in records.items():
         LOGGER.info("%s weights: %s (sha256 %s)", family, record["path"], record["sha256"][:12])
     return records
 

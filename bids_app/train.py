@@ -51,8 +51,10 @@ class TrainTarget:
         fixed: Default ``--fixed`` filter.
         moving: Default ``--moving`` filters.
         registers: The weights are a registration method's (``--model NAME=...``).
-        inputs: ``"pairs"`` (chosen with ``--fixed/--moving``) or ``"images"``
-            (every anatomical image, narrowed with ``--suffix``).
+        inputs: ``"pairs"`` (chosen with ``--fixed/--moving``), ``"images"``
+            (every anatomical image, narrowed with ``--suffix``) or ``"either"``
+            (pairs, or with ``--suffix`` images with their ground-truth label maps,
+            as :class:`mmreg.bids_app.query.LabelledImage` records).
     """
 
     name: str
@@ -81,6 +83,7 @@ TARGETS: dict[str, TrainTarget] = {
         settings="mmreg.methods.keymorph.train:KeyMorphTrainSettings",
         function="mmreg.methods.keymorph.train:train_from_pairs",
         moving=(("suffix=T2w",), ("suffix=PDw",)),
+        inputs="either",
     ),
     "contrastive": TrainTarget(
         name="contrastive",
@@ -193,9 +196,9 @@ def settings_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 def build_train_parser(target: TrainTarget, settings_cls: type) -> argparse.ArgumentParser:
     """``mmreg train TARGET BIDS_DIR --out MODEL.pt [selection] [settings]``."""
-    from mmreg.bids_app.cli import _no_exit, _Parser, _positive_int
+    from mmreg.bids_app.parsing import Parser, no_exit, positive_int
 
-    parser = _Parser(
+    parser = Parser(
         prog=f"mmreg train {target.name}",
         description=f"Train the {target.description} on a BIDS dataset; writes MODEL.pt "
         "(config, weights, metadata) and MODEL.pt.sha256."
@@ -203,24 +206,24 @@ def build_train_parser(target: TrainTarget, settings_cls: type) -> argparse.Argu
     )
     parser.add_argument("bids_dir", type=Path, metavar="BIDS_DIR", help="training dataset")
     parser.add_argument("--out", type=Path, required=True, metavar="MODEL.pt")
-    if target.inputs == "images":
-        sel = parser.add_argument_group("selecting training images (every anatomical image)")
-        sel.add_argument(
-            "--participant-label", nargs="+", action="extend", default=[], metavar="L"
-        )
+    sel = parser.add_argument_group(
+        "selecting training images"
+        + (" (every anatomical image)" if target.inputs == "images" else "")
+    )
+    sel.add_argument("--participant-label", nargs="+", action="extend", default=[], metavar="L")
+    if target.inputs in ("images", "either"):
         sel.add_argument(
             "--suffix",
             nargs="+",
             action="extend",
             default=None,
             metavar="SUFFIX",
-            help="only these suffixes, e.g. T1w T2w FLAIR (default: all anatomical images)",
+            help="only these suffixes, e.g. T1w T2w FLAIR (default: all anatomical images)"
+            if target.inputs == "images"
+            else "train on single images of these suffixes (e.g. T1w) with their "
+            "ground-truth label maps, not on --fixed/--moving pairs",
         )
-    else:
-        sel = parser.add_argument_group("selecting training images (as for the participant level)")
-        sel.add_argument(
-            "--participant-label", nargs="+", action="extend", default=[], metavar="L"
-        )
+    if target.inputs in ("pairs", "either"):
         sel.add_argument(
             "--fixed", nargs="+", action="extend", default=None, metavar="ENTITY=VALUE"
         )
@@ -232,7 +235,7 @@ def build_train_parser(target: TrainTarget, settings_cls: type) -> argparse.Argu
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument(
         "--omp-nthreads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="torch threads (default: usable CPUs)",
@@ -247,8 +250,19 @@ def build_train_parser(target: TrainTarget, settings_cls: type) -> argparse.Argu
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-v", "--verbose", action="count", default=0)
     add_settings_options(parser, settings_cls)
-    _no_exit(parser)
+    no_exit(parser)
     return parser
+
+
+def _ground_truth_dir(given: Path | None, bids_dir: Path) -> Path | None:
+    """``--ground-truth``, else the dataset's ``derivatives/ground-truth`` when present."""
+    from mmreg.bids_app import query
+
+    if given is None and (bids_dir / "derivatives" / "ground-truth").is_dir():
+        return bids_dir / "derivatives" / "ground-truth"
+    if given is not None and not Path(given).is_dir():
+        raise query.InputDirMissingError(f"ground-truth folder not found: {given}")
+    return given
 
 
 def training_pairs(target: TrainTarget, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -257,11 +271,7 @@ def training_pairs(target: TrainTarget, args: argparse.Namespace) -> list[dict[s
     from mmreg.bids_app.config import Config
 
     bids_dir = query.check_bids_dir(args.bids_dir).resolve()
-    ground_truth = args.ground_truth
-    if ground_truth is None and (bids_dir / "derivatives" / "ground-truth").is_dir():
-        ground_truth = bids_dir / "derivatives" / "ground-truth"
-    if ground_truth is not None and not Path(ground_truth).is_dir():
-        raise query.InputDirMissingError(f"ground-truth folder not found: {ground_truth}")
+    ground_truth = _ground_truth_dir(args.ground_truth, bids_dir)
     fixed = query.parse_filter(args.fixed or list(target.fixed), option="--fixed")
     moving = tuple(
         query.parse_filter(m, option="--moving") for m in (args.moving or target.moving)
@@ -313,6 +323,16 @@ def training_images(target: TrainTarget, args: argparse.Namespace) -> list[Path]
     return images
 
 
+def labelled_training_images(target: TrainTarget, args: argparse.Namespace) -> list[Any]:
+    """``--suffix`` images with their ground-truth label maps and landmarks."""
+    from mmreg.bids_app import query
+
+    bids_dir = query.check_bids_dir(args.bids_dir).resolve()
+    ground_truth = _ground_truth_dir(args.ground_truth, bids_dir)
+    images = training_images(target, args)
+    return query.labelled_images(bids_dir, images, ground_truth)
+
+
 def main_train(argv: Sequence[str]) -> int:
     """Entry point of ``mmreg train``."""
     if not argv or argv[0] in ("-h", "--help"):
@@ -342,6 +362,9 @@ def main_train(argv: Sequence[str]) -> int:
     if target.inputs == "images":
         items: list[Any] = list(training_images(target, args))
         what = "image(s)"
+    elif target.inputs == "either" and args.suffix:
+        items = labelled_training_images(target, args)
+        what = f"image(s), {sum(i.dseg is not None for i in items)} with labels"
     else:
         items = training_pairs(target, args)
         what = "pair(s)"

@@ -464,6 +464,8 @@ class Transform:
                 sitk.WriteTransform(tx, str(tmp))
             except RuntimeError as exc:
                 raise TransformError(f"{path.name}: cannot write ({_itk_reason(exc)})") from None
+            if suffix in COMPOSITE_SUFFIXES and not self.is_linear:
+                _compact_h5(tmp)
         return path
 
     @classmethod
@@ -582,3 +584,39 @@ def _steps_from_sitk(tx: sitk.Transform, ndim: int) -> list[Step]:
             raise TransformError(f"singular or non-finite {tx.GetName()}")
         return [AffineStep(matrix)]
     raise TransformError(f"unsupported transform type {tx.GetName()}")
+
+
+def _compact_h5(path: Path) -> None:
+    """Rewrite an ITK ``.h5`` transform file with its large arrays compressed.
+
+    ITK writes displacement fields uncompressed in float64 (25 MB for a 1 MB image).
+    Large parameter arrays are stored gzip-compressed (with HDF5's byte shuffle), as
+    float32 when that loses nothing (fields computed in float32), so ITK, SimpleITK and
+    antspyx read back exactly the same numbers.
+    """
+    import h5py
+    import numpy as np
+
+    tmp = path.with_name(path.name + ".compact")
+    try:
+        with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+            dst.attrs.update(dict(src.attrs))
+
+            def copy(name: str, obj: h5py.Group | h5py.Dataset) -> None:
+                if isinstance(obj, h5py.Group):
+                    dst.require_group(name).attrs.update(dict(obj.attrs))
+                    return
+                data = obj[()]
+                large = isinstance(data, np.ndarray) and data.dtype.kind == "f" and data.size > 256
+                if large and data.dtype == np.float64:
+                    single = data.astype(np.float32)
+                    if np.array_equal(single.astype(np.float64), data):
+                        data = single
+                options = {"compression": "gzip", "compression_opts": 6, "shuffle": True}
+                out = dst.create_dataset(name, data=data, **(options if large else {}))
+                out.attrs.update(dict(obj.attrs))
+
+            src.visititems(copy)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

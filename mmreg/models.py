@@ -34,8 +34,9 @@ import hashlib
 import io
 import pickle
 import re
+import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -306,3 +307,95 @@ def load_checkpoint(
         metadata=metadata,
         sha256=digest,
     )
+
+
+_NETWORKS: dict[tuple[str, str, str], Any] = {}
+_NETWORKS_LOCK = threading.Lock()
+
+
+def load_network(
+    path: str | Path | None,
+    *,
+    family: str,
+    build: Callable[[Mapping[str, Any]], Any],
+    name: str,
+    how_to_train: str,
+) -> Any:
+    """A frozen network from a verified checkpoint, on the CPU in eval mode (cached).
+
+    Args:
+        path: A ``mmreg train <family>`` checkpoint; ``None``: the shipped weights.
+        family: The checkpoint's method family (``dns``).
+        build: Makes the (untrained) network from the checkpoint's config.
+        name: How messages call it (``DNS``).
+        how_to_train: The end of the message when there are no shipped weights.
+
+    Raises:
+        InputError: One line, when there are no shipped weights, or the file is missing,
+            tampered or not a usable checkpoint of ``family``.
+    """
+    from mmreg.provenance import sha256_file
+
+    if path is None:
+        path = default_model_path(family)
+        if not path.is_file():
+            raise InputError(f"no shipped {name} weights; {how_to_train}")
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise InputError(f"{name} model file not found: {path}")
+    key = (family, str(path), sha256_file(path))
+    with _NETWORKS_LOCK:
+        if key in _NETWORKS:
+            return _NETWORKS[key]
+    ckpt = load_checkpoint(path, method=family, expected_sha256=None)
+    key = (family, str(path), ckpt.sha256)  # the file may have been replaced meanwhile
+    try:
+        net = build(ckpt.config)
+        net.load_state_dict(ckpt.state_dict)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise InputError(f"{path.name} is not a usable {name} checkpoint: {reason}") from None
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    with _NETWORKS_LOCK:
+        _NETWORKS[key] = net
+    return net
+
+
+def parse_models(
+    items: Sequence[str] | None, methods: Sequence[str], *, extra: Sequence[str] = ()
+) -> dict[str, str]:
+    """``["keymorph=/w/km.pt"]`` -> ``{"keymorph": "/w/km.pt"}`` (absolute, existing files).
+
+    ``extra`` families are accepted whatever the methods (the group level's subject
+    matching reads ``contrastive`` weights).
+
+    Raises:
+        UsageError: For an item without ``=``, a family no listed method uses, or a
+            missing file.
+    """
+    if not items:
+        return {}
+    from mmreg.errors import UsageError
+    from mmreg.methods import model_families
+
+    families = list(model_families(methods))
+    families += [f for f in extra if f not in families]
+    parsed: dict[str, str] = {}
+    for item in items:
+        family, sep, value = item.partition("=")
+        family, value = family.strip(), value.strip()
+        if not sep or not family or not value:
+            raise UsageError(f"--model {item}: expected FAMILY=PATH, e.g. keymorph=model.pt")
+        if family not in families:
+            used = ", ".join(families) or "none"
+            raise UsageError(
+                f"--model {item}: no selected method uses {family!r} weights "
+                f"(learned families in --methods: {used})"
+            )
+        path = Path(value).expanduser().resolve()
+        if not path.is_file():
+            raise UsageError(f"--model {item}: file not found: {path}")
+        parsed[family] = str(path)
+    return parsed

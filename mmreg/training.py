@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import io
 import logging
+import platform
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,7 +59,14 @@ from torch import nn
 
 from mmreg.atomic import atomic_path
 
-__all__ = ["SEED_PROTOCOL", "BestEpoch", "fit", "seed_everything", "split_items"]
+__all__ = [
+    "SEED_PROTOCOL",
+    "BestEpoch",
+    "fit",
+    "fit_and_save",
+    "seed_everything",
+    "split_items",
+]
 
 LOG = logging.getLogger("mmreg.train")
 
@@ -349,6 +357,85 @@ def fit(
                 break
     finally:
         bar.close()
+    return best
+
+
+def fit_and_save(
+    module: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    train_step: Callable[[int], Mapping[str, float]],
+    validate: Callable[[], Mapping[str, float]],
+    *,
+    out: Path,
+    family: str,
+    config: Mapping[str, Any],
+    settings: Any,
+    data: Mapping[str, Any],
+    score_name: str,
+    device: str,
+    progress: bool,
+    generator: torch.Generator | None,
+    started: float,
+    scheduler: Any = None,
+    log: logging.Logger = LOG,
+    metadata: Mapping[str, Any] | None = None,
+) -> BestEpoch:
+    """:func:`fit` a ``mmreg train`` target and write its best weights as a checkpoint.
+
+    ``settings`` is the target's settings dataclass; it must have ``steps``,
+    ``validate_every``, ``log_every``, ``max_minutes`` (0: no limit) and ``seed``.
+    ``data`` names the training data (recorded in the resume fingerprint and the
+    summary, e.g. ``{"train": [...], "val": [...]}``); ``score_name`` names the
+    validation score in the summary (``best_val_<score_name>``). The state file
+    ``<out>.state`` makes the run resumable and is removed once the checkpoint exists.
+    """
+    from mmreg.models import save_checkpoint
+
+    fingerprint = {"settings": asdict(settings), **data, "device": device}
+    state_path = out.with_name(out.name + ".state")
+    best = fit(
+        module,
+        optimiser,
+        train_step,
+        validate,
+        steps=settings.steps,
+        validate_every=settings.validate_every,
+        log_every=settings.log_every,
+        progress=progress,
+        state_path=state_path,
+        fingerprint=fingerprint,
+        generator=generator,
+        scheduler=scheduler,
+        log=log,
+        desc=family,
+        time_limit_s=settings.max_minutes * 60 if settings.max_minutes > 0 else None,
+    )
+    net = best.restore()
+    summary = best.summary(
+        device=device,
+        settings=settings,
+        training_data=dict(data),
+        seed=settings.seed,
+        seed_protocol=SEED_PROTOCOL,
+        steps=settings.steps,
+        torch_version=str(torch.__version__),
+        python_version=platform.python_version(),
+        parameters=sum(p.numel() for p in net.parameters()),
+        **{
+            f"best_val_{score_name}": best.score,
+            f"final_val_{score_name}": best.history[-1]["score"] if best.history else None,
+        },
+    )
+    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
+    save_checkpoint(
+        out,
+        method=family,
+        config=dict(config),
+        state_dict=net.state_dict(),
+        metadata={"training": summary, **dict(metadata or {})},
+    )
+    state_path.unlink(missing_ok=True)
+    log.info("%s best validation %s %.3f at step %d", family, score_name, best.score, best.epoch)
     return best
 
 

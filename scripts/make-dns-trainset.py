@@ -6,9 +6,14 @@ the stroke patient's T1, T2 and FLAIR become ``sub-stroke/anat/sub-stroke_{T1w,T
 Files are copied, never linked. A non-empty ``OUT_DIR`` is refused unless this script wrote
 it (it then holds the marker file ``.make-dns-trainset``) and is rewritten.
 
+With ``--labels`` each IXI subject's DLMUSE label map is written as ground truth
+(``derivatives/ground-truth/sub-<id>/anat/sub-<id>_space-T1w_dseg.nii.gz``), which is the
+KeyMorph training set (``mmreg train keymorph OUT_DIR --suffix T1w --synth-from-labels``);
+``--no-stroke`` leaves the stroke patient out (kept for evaluation).
+
 Usage::
 
-    python scripts/make-dns-trainset.py OUT_DIR [--data ../shared/data]
+    python scripts/make-dns-trainset.py OUT_DIR [--data ../shared/data] [--labels] [--no-stroke]
 """
 
 from __future__ import annotations
@@ -81,7 +86,9 @@ def prepare_out(out: Path) -> None:
     (out / MARKER).write_text("written by scripts/make-dns-trainset.py\n")
 
 
-def write_trainset(out: Path, data: Path) -> list[str]:
+def write_trainset(
+    out: Path, data: Path, *, labels: bool = False, stroke: bool = True
+) -> list[str]:
     """Write the dataset to ``out``; returns the BIDS subject labels written."""
     ixi_dir = data / "ixi-t1-dlmuse" / "t1"
     stroke_dir = data / "stroke-t1-t2-flair"
@@ -95,13 +102,32 @@ def write_trainset(out: Path, data: Path) -> list[str]:
         anat = out / f"sub-{sub}" / "anat"
         anat.mkdir(parents=True)
         shutil.copyfile(ixi_dir / f"{ixi_id}_T1.nii.gz", anat / f"sub-{sub}_T1w.nii.gz")
+        if labels:
+            truth = out / "derivatives" / "ground-truth" / f"sub-{sub}" / "anat"
+            truth.mkdir(parents=True)
+            seg = data / "ixi-t1-dlmuse" / "seg" / f"{ixi_id}_T1_DLMUSE.nii.gz"
+            shutil.copyfile(seg, truth / f"sub-{sub}_space-T1w_dseg.nii.gz")
         age, sex = demo.get(ixi_id, ("n/a", "n/a"))
         rows.append((sub, age, sex, "IXI", ixi_id))
-    anat = out / "sub-stroke" / "anat"
-    anat.mkdir(parents=True)
-    for suffix, name in STROKE_FILES.items():
-        shutil.copyfile(stroke_dir / name, anat / f"sub-stroke_{suffix}.nii.gz")
-    rows.append(("stroke", "n/a", "n/a", "VolumeRenderingData", "n/a"))
+    if stroke:
+        anat = out / "sub-stroke" / "anat"
+        anat.mkdir(parents=True)
+        for suffix, name in STROKE_FILES.items():
+            shutil.copyfile(stroke_dir / name, anat / f"sub-stroke_{suffix}.nii.gz")
+        rows.append(("stroke", "n/a", "n/a", "VolumeRenderingData", "n/a"))
+    if labels:
+        (out / "derivatives" / "ground-truth" / "dataset_description.json").write_text(
+            json.dumps(
+                {
+                    "Name": "DLMUSE brain labels of the IXI T1 images (NiChart)",
+                    "BIDSVersion": "1.9.0",
+                    "DatasetType": "derivative",
+                    "GeneratedBy": [{"Name": "DLMUSE (NiChart)"}],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
     lines = ["participant_id\tage\tsex\tsource\tsource_id"]
     lines += ["\t".join((f"sub-{r[0]}", *r[1:])) for r in rows]
@@ -140,8 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--labels", action="store_true", help="write the DLMUSE label maps")
+    parser.add_argument("--no-stroke", action="store_true", help="leave the stroke patient out")
     args = parser.parse_args(argv)
-    subjects = write_trainset(args.out_dir.resolve(), args.data.resolve())
+    subjects = write_trainset(
+        args.out_dir.resolve(), args.data.resolve(), labels=args.labels, stroke=not args.no_stroke
+    )
     print(f"wrote {len(subjects)} subjects to {args.out_dir}")
     return 0
 

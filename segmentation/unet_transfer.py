@@ -155,8 +155,8 @@ def parse_model_option(value: str, method: str) -> dict[str, str]:
         UsageError: For a malformed item, a family the method does not use, a missing file.
         InputError: When a needed family has neither ``--model`` nor shipped weights.
     """
-    from mmreg.bids_app.cli import parse_models
     from mmreg.methods import model_families
+    from mmreg.models import parse_models
 
     items = [item for item in value.split(",") if item.strip()]
     models = parse_models(items, [method])

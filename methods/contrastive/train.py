@@ -18,6 +18,7 @@ Example (tiny, from in-memory images):
     >>> pairs = [PairImages(f"s{i}", ChannelImage(rng.random((2, 32, 24)), np.eye(4)),
     ...                     ChannelImage(rng.random((2, 24, 16)), np.eye(4))) for i in range(4)]
     >>> settings = ContrastiveTrainSettings(epochs=1, batch_size=2, widths=(4, 8), embed_dim=8,
+    ...                                     shared_levels=1,
     ...                                     spacing_mm=1.0, val_fraction=0.5)
     >>> model, summary = fit_contrastive(pairs, settings, progress=False)
     >>> summary["n_train"], summary["n_val"]

@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -341,10 +340,6 @@ def normalise_for_dns(x: torch.Tensor) -> torch.Tensor:
     return ((x - lo) / (hi - lo)).clamp_(0.0, 1.0)
 
 
-_CACHE: dict[tuple[str, str], DNSNet] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def load_dns(path: str | Path | None = None) -> DNSNet:
     """The DNS network of a verified checkpoint, on the CPU in eval mode (cached).
 
@@ -355,35 +350,14 @@ def load_dns(path: str | Path | None = None) -> DNSNet:
         InputError: When there are no shipped weights (one line: how to train them), or
             the file is missing, tampered or not a DNS checkpoint.
     """
-    from mmreg.errors import InputError
-    from mmreg.models import default_model_path, load_checkpoint
-    from mmreg.provenance import sha256_file
+    from mmreg.models import load_network
 
-    if path is None:
-        path = default_model_path(FAMILY)
-        if not path.is_file():
-            raise InputError(
-                "no shipped DNS weights; train them with 'mmreg train dns BIDS_DIR "
-                "--out dns.pt' and pass --model dns=PATH"
-            )
-    path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise InputError(f"DNS model file not found: {path}")
-    key = (str(path), sha256_file(path))
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-    ckpt = load_checkpoint(path, method=FAMILY, expected_sha256=None)
-    if ckpt.sha256 != key[1]:  # replaced between the two reads
-        key = (str(path), ckpt.sha256)
-    try:
-        net = DNSNet(DNSConfig.from_dict(ckpt.config))
-        net.load_state_dict(ckpt.state_dict)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{path.name} is not a usable DNS checkpoint: {exc}") from None
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    with _CACHE_LOCK:
-        _CACHE[key] = net
+    net: DNSNet = load_network(
+        path,
+        family=FAMILY,
+        build=lambda config: DNSNet(DNSConfig.from_dict(config)),
+        name="DNS",
+        how_to_train="train them with 'mmreg train dns BIDS_DIR --out dns.pt' "
+        "and pass --model dns=PATH",
+    )
     return net

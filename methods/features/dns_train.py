@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -271,8 +270,7 @@ def train_dns(
         ``out``.
     """
     from mmreg.errors import InputError
-    from mmreg.models import save_checkpoint
-    from mmreg.training import SEED_PROTOCOL, fit, seed_everything, split_items
+    from mmreg.training import fit_and_save, seed_everything, split_items
 
     settings = settings or DNSTrainSettings()
     out = Path(out)
@@ -330,53 +328,22 @@ def train_dns(
             accs.append(float(acc))
         return {"val_loss": float(np.mean(losses)), "score": float(np.mean(accs))}
 
-    fingerprint = {
-        "settings": asdict(settings),
-        "train": train_names,
-        "val": val_names,
-        "device": device,
-    }
-    state_path = out.with_name(out.name + ".state")
-    best = fit(
+    fit_and_save(
         net,
         optimiser,
         train_step,
         validate,
-        steps=settings.steps,
-        validate_every=settings.validate_every,
-        log_every=settings.log_every,
+        out=out,
+        family=FAMILY,
+        config=config.to_dict(),
+        settings=settings,
+        data={"train": train_names, "val": val_names, "count": len(paths)},
+        score_name="accuracy",
+        device=device,
         progress=progress,
-        state_path=state_path,
-        fingerprint=fingerprint,
         generator=generator,
+        started=started,
         scheduler=scheduler,
         log=LOG,
-        desc="dns",
-        time_limit_s=settings.max_minutes * 60 if settings.max_minutes > 0 else None,
     )
-    net = best.restore()
-    history = best.history
-    summary = best.summary(
-        device=device,
-        settings=settings,
-        training_images={"train": train_names, "val": val_names, "count": len(paths)},
-        seed=settings.seed,
-        seed_protocol=SEED_PROTOCOL,
-        steps=settings.steps,
-        best_val_accuracy=best.score,
-        final_val_accuracy=history[-1]["score"] if history else None,
-        torch_version=str(torch.__version__),
-        python_version=platform.python_version(),
-        parameters=sum(p.numel() for p in net.parameters()),
-    )
-    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
-    save_checkpoint(
-        out,
-        method=FAMILY,
-        config=config.to_dict(),
-        state_dict=net.state_dict(),
-        metadata={"training": summary},
-    )
-    state_path.unlink(missing_ok=True)
-    LOG.info("DNS best validation accuracy %.3f at step %d", best.score, best.epoch)
     return out

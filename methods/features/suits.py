@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,10 +236,6 @@ class SUITSNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-_CACHE: dict[tuple[str, str], SUITSNet] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def load_suits(path: str | Path | None = None) -> SUITSNet:
     """The SUITS networks of a verified checkpoint, on the CPU in eval mode (cached).
 
@@ -251,37 +246,16 @@ def load_suits(path: str | Path | None = None) -> SUITSNet:
         InputError: One line, when there are no shipped weights (saying how to train
             them), or the file is missing, tampered or not a SUITS checkpoint.
     """
-    from mmreg.errors import InputError
-    from mmreg.models import default_model_path, load_checkpoint
-    from mmreg.provenance import sha256_file
+    from mmreg.models import load_network
 
-    if path is None:
-        path = default_model_path(FAMILY)
-        if not path.is_file():
-            raise InputError(
-                "no shipped SUITS weights; train them with 'mmreg train suits BIDS_DIR "
-                "--out suits.pt' and pass --model suits=PATH (or use mind-suits)"
-            )
-    path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise InputError(f"SUITS model file not found: {path}")
-    key = (str(path), sha256_file(path))
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-    ckpt = load_checkpoint(path, method=FAMILY, expected_sha256=None)
-    key = (str(path), ckpt.sha256)
-    try:
-        net = SUITSNet(SUITSConfig.from_dict(ckpt.config))
-        net.load_state_dict(ckpt.state_dict)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise InputError(f"{path.name} is not a usable SUITS checkpoint: {reason}") from None
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    with _CACHE_LOCK:
-        _CACHE[key] = net
+    net: SUITSNet = load_network(
+        path,
+        family=FAMILY,
+        build=lambda config: SUITSNet(SUITSConfig.from_dict(config)),
+        name="SUITS",
+        how_to_train="train them with 'mmreg train suits BIDS_DIR --out suits.pt' "
+        "and pass --model suits=PATH (or use mind-suits)",
+    )
     return net
 
 

@@ -61,10 +61,9 @@ Example:
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -585,8 +584,7 @@ def train_suits_pairs(
     Returns:
         ``out``.
     """
-    from mmreg.models import save_checkpoint
-    from mmreg.training import SEED_PROTOCOL, fit, seed_everything
+    from mmreg.training import fit_and_save, seed_everything
 
     settings = settings or SUITSTrainSettings()
     started = time.perf_counter()
@@ -607,54 +605,24 @@ def train_suits_pairs(
     LOG.info("SUITS %dD networks: %d parameters", ndim, net.parameter_count())
     trainer = SUITSTrainer(net, train, settings, generator, device)
 
-    fingerprint = {
-        "settings": asdict(settings),
-        "train": [p.name for p in train],
-        "val": [p.name for p in val],
-        "device": device,
-    }
-    state_path = out.with_name(out.name + ".state")
-    best = fit(
+    fit_and_save(
         net,
         trainer.optimiser,
         lambda step: trainer.step(),
         lambda: trainer.evaluate(val),
-        steps=settings.steps,
-        validate_every=settings.validate_every,
-        log_every=settings.log_every,
-        progress=progress,
-        state_path=state_path,
-        fingerprint=fingerprint,
-        generator=generator,
-        log=LOG,
-        desc="suits",
-        time_limit_s=settings.max_minutes * 60 if settings.max_minutes > 0 else None,
-    )
-    net = best.restore()
-    history = best.history
-    summary = best.summary(
-        device=device,
-        settings=settings,
-        training_pairs={"train": fingerprint["train"], "val": fingerprint["val"]},
-        seed=settings.seed,
-        seed_protocol=SEED_PROTOCOL,
-        steps=settings.steps,
-        best_val_dice=best.score,
-        final_val_dice=history[-1]["score"] if history else None,
-        torch_version=str(torch.__version__),
-        python_version=platform.python_version(),
-        parameters=net.parameter_count(),
-    )
-    summary["wall_time_s"] = round(time.perf_counter() - started, 1)
-    save_checkpoint(
-        out,
-        method=FAMILY,
+        out=out,
+        family=FAMILY,
         config=config.to_dict(),
-        state_dict=net.state_dict(),
-        metadata={"training": summary, **dict(metadata or {})},
+        settings=settings,
+        data={"train": [p.name for p in train], "val": [p.name for p in val]},
+        score_name="dice",
+        device=device,
+        progress=progress,
+        generator=generator,
+        started=started,
+        log=LOG,
+        metadata=metadata,
     )
-    state_path.unlink(missing_ok=True)
-    LOG.info("SUITS best validation Dice %.3f at step %d", best.score, best.epoch)
     return out
 
 

@@ -9,7 +9,7 @@ linear fits, a :class:`TPS` for the spline. Gradients flow through every solver
 Example:
     >>> import torch
     >>> src = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
-    >>> fit_affine(src, 2.0 * src + 1.0)[0].round(decimals=4).tolist()
+    >>> (fit_affine(src, 2.0 * src + 1.0)[0].round(decimals=4) + 0.0).tolist()  # no -0.0
     [[2.0, 0.0, 1.0], [0.0, 2.0, 1.0], [0.0, 0.0, 1.0]]
 """
 

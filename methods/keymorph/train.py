@@ -50,10 +50,11 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -65,6 +66,7 @@ from mmreg.imaging.transform import Transform
 from mmreg.methods.keymorph.augment import (
     AugmentSettings,
     View,
+    random_lut,
     random_view,
     render_view,
     sample_view,
@@ -77,8 +79,10 @@ from mmreg.methods.keymorph.losses import (
     warp_volume,
 )
 from mmreg.methods.keymorph.model import DetectorConfig, KeypointDetector, build_detector
-from mmreg.methods.keymorph.sampling import antialias
+from mmreg.methods.keymorph.sampling import antialias, normalize_input
 from mmreg.methods.keymorph.solvers import fit_affine, fit_tps
+from mmreg.methods.keymorph.synth import SynthSettings, class_map, skull_strip, synth_intensity
+from mmreg.records import LabelledImage
 
 __all__ = [
     "FAMILY",
@@ -153,7 +157,19 @@ class KeyMorphTrainSettings:
     workers: int = field(
         default=1, metadata={"help": "processes rendering views ahead (0: in the main one)"}
     )
+    synth_from_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "also draw views with random contrasts synthesised from the label maps "
+            "(and brain-extracted views); anchors from the labelled anatomy"
+        },
+    )
+    max_minutes: float = field(
+        default=0.0,
+        metadata={"help": "stop at the first validation after this wall time (0: no limit)"},
+    )
     augment: AugmentSettings = field(default_factory=AugmentSettings)
+    synth: SynthSettings = field(default_factory=SynthSettings)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -172,6 +188,8 @@ class KeyMorphTrainSettings:
             raise ValueError("workers must be at least 0")
         if self.levels < 2 or self.width < 1:
             raise ValueError("levels must be at least 2 and width at least 1")
+        if self.max_minutes < 0:
+            raise ValueError("max_minutes must be at least 0")
         # Fails early with the detector's own message (keypoints, grid size...).
         self.detector_config(3)
 
@@ -222,6 +240,10 @@ class _Source:
     labels: torch.Tensor | None
     anchors: npt.NDArray[np.float64]  # (N, d)
     anchor_kind: str
+    # Synthesis from labels (None without --synth-from-labels or labels).
+    classes: torch.Tensor | None = None  # (*S) int64, see synth.class_map
+    reference: torch.Tensor | None = None  # (C,) reference intensity per class
+    brain: torch.Tensor | None = None  # (*S) float, labelled anatomy
 
     @property
     def ndim(self) -> int:
@@ -347,8 +369,21 @@ def _prepare_source(
         labels = torch.from_numpy(np.asarray(lab.data, dtype=np.int64)).to(device)
     affine = _plane_affine(first)
     n = settings.n_keypoints
+    classes = reference = brain = None
+    if settings.synth_from_labels and labels is not None:
+        cls, ref = class_map(
+            images[0].cpu().numpy(), labels.cpu().numpy(), n_head=settings.synth.head_classes
+        )
+        classes = torch.from_numpy(cls).to(device)
+        reference = torch.from_numpy(ref).to(device)
+        brain = (labels > 0).float()
     anchors = _landmark_anchors(subject.landmarks, n) if first.ndim == 3 else None
     kind = "template-landmarks"
+    if anchors is None and brain is not None and bool(brain.any()):
+        # The labelled anatomy is what brain-extracted and whole-head views share.
+        idx = np.argwhere(brain.cpu().numpy() > 0).astype(np.float64)
+        anchors = _foreground_anchors(idx @ affine[:-1, :-1].T + affine[:-1, -1], n)
+        kind = "label-kmeans"
     if anchors is None and anchor_model is not None:
         anchors = _model_anchors(anchor_model, first, affine, settings, device)
         kind = "initial-model"
@@ -358,7 +393,9 @@ def _prepare_source(
         world = idx @ affine[:-1, :-1].T + affine[:-1, -1]
         anchors = _foreground_anchors(world, n)
         kind = "foreground-kmeans"
-    return _Source(subject.name, images, modalities, affine, labels, anchors, kind)
+    return _Source(
+        subject.name, images, modalities, affine, labels, anchors, kind, classes, reference, brain
+    )
 
 
 @torch.no_grad()
@@ -508,16 +545,72 @@ def subjects_from_pairs(pairs: Sequence[Mapping[str, Any]]) -> list[TrainingSubj
     return subjects
 
 
+def subjects_from_images(images: Sequence[LabelledImage]) -> list[TrainingSubject]:
+    """Training subjects from single labelled images (``mmreg train keymorph --suffix``).
+
+    Images of one subject and session on one grid (co-registered contrasts) form one
+    subject, labelled by the first label map among them; others are subjects of their own.
+    """
+    groups: dict[tuple[Any, ...], list[LabelledImage]] = {}
+    for item in images:
+        header = nib.load(item.path).header
+        grid = (item.subject, item.session, tuple(header.get_data_shape()[:3]))
+        key = (*grid, tuple(np.round(header.get_best_affine(), 3).ravel()))
+        groups.setdefault(key, []).append(item)
+    subjects = []
+    for key, group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        first = group[0]
+        name = f"sub-{first.subject}" + (f"_ses-{first.session}" if first.session else "")
+        if sum(1 for k in groups if k[:2] == key[:2]) > 1:
+            name += f"_{first.suffix}"
+        labelled = next((i for i in group if i.dseg), None)
+        subjects.append(
+            TrainingSubject(
+                name=name,
+                images={i.suffix: i.path for i in group},
+                labels=labelled.dseg if labelled else None,
+                landmarks=_read_landmarks(labelled.landmarks if labelled else first.landmarks),
+            )
+        )
+    return subjects
+
+
 def train_from_pairs(
-    pairs: Sequence[Mapping[str, Any]],
+    pairs: Sequence[Mapping[str, Any]] | Sequence[LabelledImage],
     *,
     out: Path,
     settings: KeyMorphTrainSettings,
     device: str = "cpu",
     progress: bool = True,
 ) -> Path:
-    """``mmreg train keymorph`` entry point: BIDS pair records -> checkpoint file."""
-    subjects = subjects_from_pairs(pairs)
+    """``mmreg train keymorph`` entry point: BIDS pair (or labelled image) records -> checkpoint.
+
+    Pairs come from ``--fixed/--moving``; :class:`LabelledImage` records from ``--suffix``.
+    """
+    data: dict[str, Any]
+    if pairs and isinstance(pairs[0], LabelledImage):
+        images = [p for p in pairs if isinstance(p, LabelledImage)]
+        subjects = subjects_from_images(images)
+        data = {
+            "images": [str(Path(i.path).name) for i in images],
+            "labels": [str(Path(i.dseg).name) for i in images if i.dseg],
+        }
+    else:
+        records = [p for p in pairs if not isinstance(p, LabelledImage)]
+        subjects = subjects_from_pairs(records)
+        data = _pair_data(records)
+    return train_keymorph(
+        subjects,
+        out=out,
+        settings=settings,
+        device=device,
+        progress=progress,
+        metadata={"training_data": data},
+    )
+
+
+def _pair_data(pairs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the checkpoint records of BIDS training pairs (datasets, generator seeds)."""
     bids = sorted({str(p.get("bids_dir")) for p in pairs if p.get("bids_dir")})
     data: dict[str, Any] = {"bids_dirs": bids, "n_pairs": len(pairs)}
     # Generated datasets (mmreg's demo) list each subject's generator seed: keep them, so
@@ -532,14 +625,7 @@ def train_from_pairs(
                         seeds[row["participant_id"]] = int(row["seed"])
     if seeds:
         data["subject_seeds"] = seeds
-    return train_keymorph(
-        subjects,
-        out=out,
-        settings=settings,
-        device=device,
-        progress=progress,
-        metadata={"training_data": data},
-    )
+    return data
 
 
 # --------------------------------------------------------------------------- training
@@ -650,7 +736,26 @@ class _Trainer:
         rng: np.random.Generator,
         augment: AugmentSettings | None,
     ) -> torch.Tensor:
-        return render_view(src.images[modality], src.affine, view, rng, augment, centre=src.center)
+        if augment is None:
+            return render_view(src.images[modality], src.affine, view, rng, None)
+        synth = self.s.synth
+        image = src.images[modality]
+        if src.classes is not None and rng.random() < synth.prob:
+            assert src.reference is not None
+            lut = random_lut(rng, augment)
+            image = synth_intensity(src.classes, src.images[0], src.reference, rng, synth, lut)
+            # The contrast is drawn already; the label map's edges are sharp.
+            augment = replace(augment, lut_prob=0.0, blur_prob=max(augment.blur_prob, 0.6))
+        strip = src.brain is not None and rng.random() < synth.skullstrip_prob
+        # A brain-extracted scan has no neck or face to paint around it.
+        x = render_view(
+            image, src.affine, view, rng, augment, centre=None if strip else src.center
+        )
+        if strip:
+            assert src.brain is not None
+            brain = sample_view(src.brain[None], src.affine, view)[0]
+            x = normalize_input(skull_strip(x, brain, rng))
+        return x
 
     def _labels(self, src: _Source, view: View) -> torch.Tensor:
         assert src.labels is not None
@@ -885,6 +990,16 @@ def train_keymorph(
         _prepare_source(s, settings=settings, anchor_model=init_model, device=torch_device)
         for s in subjects
     ]
+    if settings.synth_from_labels:
+        n_labelled = sum(p.classes is not None for p in prepared)
+        if not n_labelled:
+            raise InputError(
+                "--synth-from-labels needs label maps: no training subject has one "
+                "(ground truth ..._space-<suffix>_dseg.nii.gz)"
+            )
+        LOG.info(
+            "contrasts synthesised from the labels of %d of %d subjects", n_labelled, len(prepared)
+        )
     ndims = {p.ndim for p in prepared}
     if len(ndims) != 1:
         raise InputError("training subjects mix 2D and 3D images")
@@ -919,6 +1034,7 @@ def train_keymorph(
         "state": copy.deepcopy(model.state_dict()),
     }
     bar = tqdm(total=total, desc="keymorph", unit="step", disable=not progress)
+    stopped_at = total
     running: dict[str, float] = {}
     model.train()
     # Views are rendered in a worker process while the model trains on the previous batch.
@@ -971,6 +1087,10 @@ def train_keymorph(
             bar.set_postfix(
                 loss=f"{running['loss']:.2f}", val_mm=f"{score:.2f}", best=f"{best['score']:.2f}"
             )
+            if settings.max_minutes and record["elapsed_s"] > 60.0 * settings.max_minutes:
+                LOG.info("stopping at step %d: --max-minutes %g", step + 1, settings.max_minutes)
+                stopped_at = step + 1
+                break
     bar.close()
     wall = time.perf_counter() - start
     train_meta = {
@@ -982,6 +1102,7 @@ def train_keymorph(
         "torch_threads": torch.get_num_threads(),
         "wall_time_s": round(wall, 1),
         "best_step": best["step"],
+        "stopped_at_step": stopped_at,
         "best_val_score_mm": best["score"],
         "history": history,
         "init_sha256": init_sha,

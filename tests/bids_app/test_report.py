@@ -48,16 +48,20 @@ def test_report_contents(tmp_path: Path) -> None:
     # one failed method and one missing warped image.
     sections = re.split(r'<h3 id="sub-', text)[1:]
     assert len(sections) == 3
-    counts = [s.count("<img ") for s in sections]
-    assert counts == [3, 1, 3]
+    # Each aligned pair is shown twice: an edge overlay / checkerboard, and a before/after
+    # flicker of two frames.
+    flickers = [s.count('class="flicker"') for s in sections]
+    assert flickers == [3, 1, 3]
+    assert [s.count("<img ") - 2 * f for s, f in zip(sections, flickers, strict=True)] == [3, 1, 3]
     assert "warped image" in sections[1] and "not found" in sections[1]
     assert "Dice per label" in text and "WM" in text
 
 
 def test_report_caps_subjects(tmp_path: Path) -> None:
     text = _report(tmp_path, max_subjects=1)
-    assert "first 1 of 3 subjects" in text
-    assert text.count('<h3 id="sub-') == 1
+    assert "Figures for 1 of 3 subjects only" in text and "failures first" in text
+    # The subject with a failed registration is the one shown, not the first label.
+    assert text.count('<h3 id="sub-') == 1 and '<h3 id="sub-02">' in text
 
 
 def test_report_without_bids_dir_or_images(tmp_path: Path) -> None:

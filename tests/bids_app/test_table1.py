@@ -154,7 +154,7 @@ def test_group_level_writes_table1_and_report_section(tmp_path: Path) -> None:
     assert list(written.columns) == list(TABLE1_COLUMNS)
     assert len(written) == 12  # 3 methods x (HJ, S1, SJ, all)
     html = paths["report"].read_text(encoding="utf-8")
-    assert "Keypoint transfer error (cm)" in html
+    assert "Keypoint transfer error (cm" in html
     assert "&lt;b&gt;m1&lt;/b&gt;" in html and "<b>m1</b>" not in html
     assert "2.00 (2.25 ± 1.26)" in html  # m1, HJ
     assert html.count("data:image/png;base64,") >= 1

@@ -139,3 +139,24 @@ def test_no_pairs_exit_18(fake_target, dataset, tmp_path):
         "suffix=FLAIR",
     ]
     assert cli.main(argv) == 18
+
+
+def test_either_target_trains_on_labelled_single_images_with_suffix(
+    fake_target, dataset, tmp_path, monkeypatch
+):
+    from mmreg.records import LabelledImage
+
+    monkeypatch.setitem(train.TARGETS, "fake", dataclasses.replace(fake_target, inputs="either"))
+    out = tmp_path / "model.pt"
+    argv = ["train", "fake", str(dataset), "--out", str(out), "--suffix", "T1w", "--no-progress"]
+    assert cli.main(argv) == 0
+    [call] = CALLS
+    images = call["pairs"]
+    assert [type(i) for i in images] == [LabelledImage, LabelledImage]
+    assert [i.subject for i in images] == ["01", "02"]
+    assert all(i.suffix == "T1w" and i.path.endswith("_T1w.nii.gz") for i in images)
+    assert images[1].dseg.endswith("sub-02_space-T1w_dseg.nii.gz")
+    # Without --suffix the same target takes pairs.
+    CALLS.clear()
+    assert cli.main(["train", "fake", str(dataset), "--out", str(out), "--no-progress"]) == 0
+    assert CALLS[0]["pairs"][0]["moving"].endswith("_T2w.nii.gz")

@@ -308,6 +308,31 @@ def test_deformable_h5_round_trip_sitk_and_ants(tmp_path, images, rng):
     assert corr(ours.data, no_field.data) < 0.99
 
 
+def test_deformable_h5_is_compressed_and_single_precision_when_exact(tmp_path, rng):
+    import h5py
+
+    grid = field_grid()
+    # A field computed in float32 (as the learned methods' are) is stored as float32.
+    single = smooth_field(grid).astype(np.float32).astype(np.float64)
+    t = Transform((FieldStep(grid, single), AffineStep(rigid([6, -4, 9], [2, -3, 1.5]))))
+    path = t.write(tmp_path / "xfm.h5")
+    with h5py.File(path) as h5:
+        params = h5["TransformGroup/2/TransformParameters"]
+        assert params.compression == "gzip" and params.dtype == np.float32
+        assert h5["TransformGroup/1/TransformParameters"].dtype == np.float64  # the affine
+    pts = rng.uniform(-20, 20, size=(30, 3))
+    expected = t.map_points(pts)
+    assert np.allclose(Transform.read(path).map_points(pts), expected, atol=1e-8)
+    assert np.allclose(sitk_map(sitk.ReadTransform(str(path)), pts), expected, atol=1e-8)
+    assert np.allclose(ants_map(ants.read_transform(str(path)), pts), expected, atol=1e-3)
+    # A float64 field keeps its precision (compressed all the same).
+    path64 = deformable().write(tmp_path / "xfm64.h5")
+    with h5py.File(path64) as h5:
+        params = h5["TransformGroup/2/TransformParameters"]
+        assert params.compression == "gzip" and params.dtype == np.float64
+    assert path.stat().st_size < path64.stat().st_size
+
+
 def test_linear_suffix_rejects_deformable(tmp_path):
     with pytest.raises(TransformError, match="h5"):
         deformable().write(tmp_path / "xfm.txt")

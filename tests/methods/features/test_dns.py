@@ -125,7 +125,7 @@ def test_short_training_writes_a_verified_checkpoint(tmp_path):
     assert net.config.features == 8 and net.config.channels == (4, 8)
     assert load_dns(out) is net  # cached
     meta = torch.load(out, weights_only=True)["metadata"]["training"]
-    assert meta["training_images"]["count"] == 2 and len(meta["history"]) == 2
+    assert meta["training_data"]["count"] == 2 and len(meta["history"]) == 2
     with torch.no_grad():
         assert net(torch.rand(1, 1, 11, 12, 13)).shape == (1, 8, 11, 12, 13)
 
@@ -153,7 +153,7 @@ def test_mmreg_train_dns_on_a_bids_dataset(tmp_path):
     argv += ["--steps", "2", "--patch", "16", "--samples", "32", "--channels", "4,8"]
     argv += ["--val-patches", "1", "--validate-every", "1", "--suffix", "T1w", "T2w"]
     assert main_train(argv) == 0
-    meta = torch.load(out, weights_only=True)["metadata"]["training"]["training_images"]
+    meta = torch.load(out, weights_only=True)["metadata"]["training"]["training_data"]
     assert meta["count"] == 2
     assert sorted(meta["train"] + meta["val"]) == ["sub-01_T1w.nii.gz", "sub-01_T2w.nii.gz"]
 

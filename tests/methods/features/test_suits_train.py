@@ -162,7 +162,7 @@ def test_a_short_training_writes_a_usable_checkpoint(tmp_path):
     assert out.is_file() and (tmp_path / "suits.pt.sha256").is_file()
     assert not (tmp_path / "suits.pt.state").exists()
     meta = torch.load(out, weights_only=True)["metadata"]["training"]
-    assert len(meta["history"]) == 2 and meta["training_pairs"]["val"] == ["pair-003"]
+    assert len(meta["history"]) == 2 and meta["training_data"]["val"] == ["pair-003"]
     net = load_suits(out)
     assert net.config.ndim == 2
     fixed, moving, _, _ = _item(7)
