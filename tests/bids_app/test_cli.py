@@ -261,3 +261,21 @@ def test_task_slots_fit_the_cpus(monkeypatch, caplog):
     assert cli.task_slots(2, 4) == 2 and "oversubscribed" not in caplog.text
     assert cli.task_slots(4, 4) == 4
     assert "4 x --omp-nthreads 4 = 16 threads on 8 usable CPU(s)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("methods", "message"),
+    [
+        ("ants-syn:bogus=1", "takes no parameters"),
+        ("keymorph-tps:lambda=abc", "lambda"),
+        ("suits", "no shipped weights for suits"),
+    ],
+)
+def test_methods_parameters_and_weights_are_checked_before_anything_is_created(
+    bids: Path, calls: list, capsys: pytest.CaptureFixture[str], methods: str, message: str
+) -> None:
+    out = bids.parent / "out"
+    assert cli.main([str(bids), str(out), "participant", "--methods", methods]) == 64
+    err = capsys.readouterr().err
+    assert message in err and "indexing" not in err
+    assert not out.exists() and calls == []

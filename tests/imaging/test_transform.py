@@ -333,6 +333,19 @@ def test_deformable_h5_is_compressed_and_single_precision_when_exact(tmp_path, r
     assert path.stat().st_size < path64.stat().st_size
 
 
+def test_nitransforms_reads_our_files(tmp_path, rng):
+    """NiPreps' nitransforms (fMRIPrep's transform library) maps points as we do."""
+    nt = pytest.importorskip("nitransforms")
+    pts = rng.uniform(-15, 15, size=(20, 3))
+    affine = Transform.from_affine(rigid([10, -5, 20], [3.0, -2.0, 1.0]))
+    linear = nt.linear.load(str(affine.write(tmp_path / "xfm.txt")), fmt="itk")
+    assert np.allclose(linear.map(pts), affine.map_points(pts), atol=1e-5)
+    t = deformable()
+    chain = nt.manip.load(str(t.write(tmp_path / "xfm.h5")), fmt="itk")
+    # nitransforms interpolates the field with splines, ITK linearly: within 0.1 mm.
+    assert np.allclose(chain.map(pts), t.map_points(pts), atol=0.1)
+
+
 def test_linear_suffix_rejects_deformable(tmp_path):
     with pytest.raises(TransformError, match="h5"):
         deformable().write(tmp_path / "xfm.txt")
