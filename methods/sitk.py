@@ -31,6 +31,7 @@ import SimpleITK as sitk
 from mmreg.imaging import itk_space
 from mmreg.imaging.image import Image
 from mmreg.imaging.transform import Transform
+from mmreg.interrupts import library_callback
 from mmreg.methods.base import BaseMethod, engine_seed, pyramid
 from mmreg.methods.registry import register_factory
 
@@ -186,6 +187,7 @@ class SitkMethod(BaseMethod):
         reg.SetInitialTransform(transform, inPlace=False)
         count = [0]
 
+        @library_callback
         def _count() -> None:
             count[0] += 1
 

@@ -25,9 +25,10 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import FrameType
+from types import CodeType, FrameType
+from typing import Any, TypeVar
 
 #: Exit status of a run stopped by a signal (the shell's 128 + SIGINT).
 EXIT_INTERRUPTED = 130
@@ -67,6 +68,11 @@ def interrupts_watched() -> Iterator[Watch]:
             # A worker process of the run: end at once and quietly (no traceback from
             # inside a library callback); the run's main process reports the interrupt.
             os._exit(EXIT_INTERRUPTED)
+        if frame is not None and frame.f_code in _QUIET_CODES:
+            # Inside a library's callback (C++ calling Python): raising here only makes the
+            # library print a traceback. The signal is remembered and raised when the task
+            # body ends (raise_if_interrupted).
+            return
         raise Interrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
@@ -75,6 +81,21 @@ def interrupts_watched() -> Iterator[Watch]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+_QUIET_CODES: set[CodeType] = set()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def library_callback(func: F) -> F:
+    """Mark ``func`` as called from C++ (e.g. a SimpleITK iteration command).
+
+    A stop signal that arrives while it runs is not raised inside it (the library would
+    print the traceback, or turn it into its own error); it is raised after the task body.
+    """
+    _QUIET_CODES.add(func.__code__)
+    return func
 
 
 def raise_if_interrupted(watch: Watch) -> None:

@@ -73,8 +73,9 @@ def test_transforms_are_read_and_reproduced_by_ants_and_sitk(demo):
         xfm = out / row.transform
         sitk.ReadTransform(str(xfm))
         ants.read_transform(str(xfm))
-        fixed = ants.image_read(row.fixed_image)
-        moving = ants.image_read(row.moving_image)
+        # The table names inputs by BIDS URI (bids:raw:<path in the input dataset>).
+        fixed = ants.image_read(str(demo / "bids" / row.fixed_image.removeprefix("bids:raw:")))
+        moving = ants.image_read(str(demo / "bids" / row.moving_image.removeprefix("bids:raw:")))
         again = ants.apply_transforms(
             fixed, moving, transformlist=[str(xfm)], interpolator="linear"
         ).numpy()

@@ -11,13 +11,13 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-from reliability_data import write_good_dataset
 
 from mmreg.bids_app import cli, derivatives, run, validator
 from mmreg.bids_app.config import Config
 from mmreg.methods import available_methods
 
 from factories import write_broken_subject
+from reliability_data import write_good_dataset
 
 
 def make_dataset(root: Path, files: list[str]) -> Path:

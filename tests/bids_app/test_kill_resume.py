@@ -8,11 +8,10 @@ output file under its final name.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
+from subprocess import DEVNULL
 
 import numpy as np
 import pandas as pd
@@ -20,6 +19,7 @@ import pytest
 
 from mmreg.imaging.image import Image
 
+import processes
 from factories import second_contrast, smooth_head, write_dataset_description, write_pair
 
 TIMING = ["runtime_s", "evaluation_s"]
@@ -70,20 +70,16 @@ def test_sigkill_half_way_then_resume_matches_an_uninterrupted_run(tmp_path: Pat
     env = {**os.environ, "NO_ET": "1"}
 
     reference = tmp_path / "reference"
-    subprocess.run(_argv(root, reference, tmp_path / "work-ref"), env=env, check=True)
+    done = processes.run(_argv(root, reference, tmp_path / "work-ref"), env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
 
     out, work = tmp_path / "out", tmp_path / "work"
-    process = subprocess.Popen(
-        _argv(root, out, work),
-        env=env,
-        start_new_session=True,  # so the kill reaches the cf worker processes too
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     total = n_subjects * 3
     deadline = time.monotonic() + 300
     partial_names: list[str] = []
-    try:
+    # The group is SIGKILLed when the block ends, cf worker processes included.
+    argv = _argv(root, out, work)
+    with processes.started(argv, env=env, stdout=DEVNULL, stderr=DEVNULL) as process:
         while _finished_registrations(work) < total // 2:
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "the run made no progress"
@@ -92,13 +88,10 @@ def test_sigkill_half_way_then_resume_matches_an_uninterrupted_run(tmp_path: Pat
                 if not path.name.startswith(".") and path.stat().st_size < 100:
                     partial_names.append(path.name)
             time.sleep(0.05)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
     assert not partial_names
     assert _finished_registrations(work) < total, "killed too late to test resuming"
 
-    resumed = subprocess.run(_argv(root, out, work), env=env, capture_output=True, text=True)
+    resumed = processes.run(_argv(root, out, work), env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     got, want = _outputs(out), _outputs(reference)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from reliability_data import write_good_dataset
-
 from mmreg.bids_app.cli import main
+
+from reliability_data import write_good_dataset
 
 
 def test_one_line_per_finished_registration(tmp_path, capsys):

@@ -10,9 +10,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from reliability_data import write_good_dataset
 
 from mmreg.bids_app.cli import main
+
+from reliability_data import write_good_dataset
 
 #: Broken subject -> words its one-line reason must hold.
 EXPECTED = {

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import processes
 from reliability_data import write_good_dataset
 
 
@@ -30,7 +32,7 @@ def test_full_output_disk_fails_each_pair_in_one_line(tmp_path, tiny_disk):
     bids = write_good_dataset(tmp_path / "bids", tuple(f"{i:02d}" for i in range(6)))
     argv = [str(mmreg), str(bids), str(tiny_disk / "out"), "participant", "--worker", "debug"]
     argv += ["--methods", "identity,sitk-rigid", "--work-dir", str(tmp_path / "work")]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    done = processes.run(argv, timeout=600)
     assert done.returncode == 65, done.stderr[-3000:]
     lines = done.stderr.splitlines()
     assert len(lines) < 40, len(lines)

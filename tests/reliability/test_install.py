@@ -14,6 +14,8 @@ import cloudpickle
 import pytest
 from pydra.utils.hash import hash_function
 
+import processes
+
 REPO = Path(__file__).resolve().parents[2]
 TASK_MODULES = (
     "mmreg.tasks.image",
@@ -102,7 +104,7 @@ def test_real_cf_worker_participant_run(good_dataset, tmp_path):
     env = {**os.environ, "NO_ET": "1"}
     argv = [str(mmreg), str(good_dataset), str(out), "participant"]
     argv += ["--methods", "identity,sitk-rigid", "--worker", "cf", "--nprocs", "2"]
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    done = processes.run(argv, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "hashes have changed" not in done.stderr
     for subject in ("01", "02"):

@@ -14,6 +14,7 @@ import pytest
 
 from mmreg.imaging.image import Image
 
+import processes
 from factories import second_contrast, smooth_head, write_dataset_description, write_pair
 
 
@@ -42,23 +43,21 @@ def test_interrupt_is_not_a_failure_and_resume_completes(slow_dataset, tmp_path,
     argv += ["--methods", "sitk-rigid,ants-syn", "--resolution", "1.5"]
     env = {**os.environ, "NO_ET": "1"}
     # A session of its own, so SIGINT reaches every process as a terminal's Ctrl-C does.
-    run = subprocess.Popen(
-        argv, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    deadline = time.time() + 120
-    while not list((out / "work").glob("python-*/_job.pklz")) and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(4)  # inside a registration
-    if signum == signal.SIGINT:
-        os.killpg(run.pid, signum)
-    else:
-        run.send_signal(signum)
-    err = run.communicate(timeout=120)[1]
+    with processes.started(argv, env=env, stderr=subprocess.PIPE, text=True) as run:
+        deadline = time.time() + 120
+        while not list((out / "work").glob("python-*/_job.pklz")) and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(4)  # inside a registration
+        if signum == signal.SIGINT:
+            os.killpg(run.pid, signum)
+        else:
+            run.send_signal(signum)
+        err = run.communicate(timeout=120)[1]
     assert run.returncode == 130, err
     lines = err.strip().splitlines()
     assert "interrupted by" in lines[-1] and "Traceback" not in err, err
     assert not list(out.glob("sub-*/*_evaluation.csv"))  # nothing recorded as failed
 
-    resumed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    resumed = processes.run(argv, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "4 of 4 registration(s) ok" in resumed.stderr

@@ -46,6 +46,7 @@ def test_shipped_weights_register_an_unseen_brain_extracted_head_at_120_degrees(
     from benchmarks.bench_keymorph import brain_extracted, dice_mean, ixi_subjects, make_case
     from mmreg.imaging.image import load_image, load_labels, save_image
     from mmreg.imaging.preprocess import PreprocessOptions
+    from mmreg.imaging.transform import Transform
     from mmreg.pipeline import prepare, register
 
     name, t1_path, seg_path = ixi_subjects(1)[0]
@@ -58,6 +59,5 @@ def test_shipped_weights_register_an_unseen_brain_extracted_head_at_120_degrees(
     prepared = prepare(str(fixed), str(moving), PreprocessOptions())
     result = register(prepared, "keymorph-affine", seed=0, threads=1)
     dice, _ = dice_mean(case, result.transform)
-    identity = register(prepared, "identity", seed=0, threads=1)
-    assert dice_mean(case, identity.transform)[0] < 0.2  # the rotation is real
+    assert dice_mean(case, Transform.identity())[0] < 0.2  # the rotation is real
     assert dice > 0.5
