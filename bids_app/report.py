@@ -5,17 +5,19 @@ plots, the failures, and per subject and pair the fixed image against each
 method's warped moving image. PNGs are embedded as base64 data URIs so the
 single ``group/report.html`` can be mailed or archived on its own.
 
-Every string that comes from data (labels, method names, error messages,
-paths, configuration values) goes through :func:`html.escape`. A figure that
-cannot be drawn (missing or unreadable image) is replaced by a note; the
-report itself never fails on one subject's data.
+The markup is in jinja2 templates (``templates/report.html`` and its
+``macros.html``); this module computes what they show (table cells, captions,
+notes, PNG data URIs) as plain values, and the templates' autoescaping escapes
+every string that comes from data (labels, method names, error messages,
+paths, configuration values). A figure that cannot be drawn (missing or
+unreadable image) is replaced by a note; the report itself never fails on one
+subject's data.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
-import html
 import json
 import logging
 import math
@@ -68,40 +70,6 @@ SUBJECT_METRICS = (
     ("neg_jacobian_pct", "% neg. Jacobian", 3),
 )
 
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.4; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; }
-h2 { font-size: 1.3em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
-h3 { font-size: 1.1em; margin-top: 1.5em; }
-h4 { font-size: 1em; margin: 1em 0 0.3em; }
-.meta { color: #666; font-size: 0.9em; }
-nav a { margin-right: 1em; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.88em; }
-.scroll { overflow-x: auto; max-width: 100%; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr.failed td { background: #fff3f3; }
-.figs { display: flex; flex-wrap: wrap; gap: 1em; }
-figure { margin: 0; }
-figcaption { font-size: 0.85em; color: #444; max-width: 560px; }
-img { max-width: 100%; height: auto; border: 1px solid #eee; }
-.note { color: #8a6d3b; background: #fcf8e3; padding: 0.3em 0.6em; border-radius: 3px;
-        font-size: 0.9em; display: inline-block; margin: 0.2em 0; }
-code { font-size: 0.9em; }
-figure.wide { flex-basis: 100%; }
-.flicker { position: relative; display: inline-block; }
-.flicker img.after { position: absolute; left: 0; top: 0;
-                     animation: flicker 2s steps(1, end) infinite; }
-.flicker:hover img.after { animation: none; opacity: 0; }
-@keyframes flicker { 0% { opacity: 0; } 50% { opacity: 1; } }
-"""
-
-
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
 
 def _is_missing(value: Any) -> bool:
     if value is None:
@@ -124,33 +92,32 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _figure(png: bytes, caption: str) -> str:
-    return (
-        f'<figure><img src="{data_uri(png)}" alt="{_esc(caption)}">'
-        f"<figcaption>{_esc(caption)}</figcaption></figure>"
-    )
+#: Plain data for the templates: a section, a table, or an entry of a row of figures.
+Record = dict[str, Any]
 
 
-def _note(text: str) -> str:
-    return f'<p class="note">{_esc(text)}</p>'
+def _figure(png: bytes, caption: str) -> Record:
+    return {"kind": "figure", "src": data_uri(png), "caption": caption}
+
+
+def _note(text: str) -> Record:
+    return {"kind": "note", "text": text}
 
 
 def _table(
     header: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    *,
+    rows: Sequence[Sequence[Any]],
+    kinds: Sequence[str] | None = None,
     row_classes: Sequence[str] | None = None,
-) -> str:
-    """An HTML table; cells and header are HTML already (escape them before)."""
+) -> Record:
+    """A table for ``macros.table``: cells are plain values; ``kinds`` styles each column
+    (``"num"``, ``"b"``, ``"code"`` or ``""``), ``row_classes`` each row (``"failed"``)."""
     classes = list(row_classes) if row_classes else [""] * len(rows)
-    return _template("table.html").render(
-        header=[Markup(h) for h in header],
-        rows=[([Markup(c) for c in row], cls) for row, cls in zip(rows, classes, strict=True)],
-    )
-
-
-def _td(text: str, *, num: bool = False) -> str:
-    return f'<td class="num">{text}</td>' if num else f"<td>{text}</td>"
+    return {
+        "header": list(header),
+        "rows": list(zip(rows, classes, strict=True)),
+        "kinds": list(kinds) if kinds else [""] * len(header),
+    }
 
 
 def _pair_label(fixed: Any, moving: Any) -> str:
@@ -176,10 +143,11 @@ def newest_config(output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
-def _config_section(output_dir: Path) -> str:
+def _config_section(output_dir: Path) -> Record | None:
+    """The most recent run's settings; ``None`` without a ``config.json``."""
     found = newest_config(output_dir)
     if found is None:
-        return ""
+        return None
     path, config = found
     rows = []
     for key in sorted(config):
@@ -187,17 +155,12 @@ def _config_section(output_dir: Path) -> str:
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         if len(text) > 300:
             text = text[:297] + "..."
-        rows.append([_td(f"<code>{_esc(key)}</code>"), _td(_esc(text))])
+        rows.append([key, text])
     try:
         shown = path.relative_to(output_dir).as_posix()
     except ValueError:
         shown = str(path)
-    return (
-        f"<details><summary>Configuration of the most recent run "
-        f"(<code>{_esc(shown)}</code>)</summary>"
-        + _table(["setting", "value"], rows)
-        + "</details>"
-    )
+    return {"path": shown, "table": _table(["setting", "value"], rows, ["code", ""])}
 
 
 # --- summary --------------------------------------------------------------------------------
@@ -213,53 +176,45 @@ def _mean_sd(row: pd.Series, column: str, digits: int) -> str:
     return f"{_num(mean, digits)} ± {_num(sd, digits)}"
 
 
-def _summary_section(summary: pd.DataFrame) -> str:
+def _summary_section(summary: pd.DataFrame) -> Record | None:
+    """The per-method table and the Dice per label table; ``None`` without rows."""
     if summary.empty:
-        return '<h2 id="summary">Summary</h2>' + _note("No evaluation rows.")
+        return None
     metrics = [m for m in SUMMARY_METRICS if f"{m[0]}_mean" in summary.columns]
-    header = ["pair (moving → fixed)", "method", "n", "ok", "failed"] + [
-        _esc(title) for _, title, _ in metrics
-    ]
+    header = ["pair (moving → fixed)", "method", "n", "ok", "failed"]
+    header += [title for _, title, _ in metrics]
     rows, classes = [], []
     for _, row in summary.iterrows():
         cells = [
-            _td(_esc(_pair_label(row.get("fixed", ""), row.get("moving", "")))),
-            _td(f"<b>{_esc(row.get('method', ''))}</b>"),
-            _td(_esc(int(row["n"])), num=True),
-            _td(_esc(int(row["n_ok"])), num=True),
-            _td(_esc(int(row["n_failed"])), num=True),
+            _pair_label(row.get("fixed", ""), row.get("moving", "")),
+            row.get("method", ""),
+            *(int(row[c]) for c in ("n", "n_ok", "n_failed")),
         ]
-        cells += [_td(_esc(_mean_sd(row, col, digits)), num=True) for col, _, digits in metrics]
+        cells += [_mean_sd(row, col, digits) for col, _, digits in metrics]
         rows.append(cells)
         classes.append("failed" if int(row["n_ok"]) == 0 else "")
-    text = (
-        '<h2 id="summary">Summary</h2>'
-        '<p class="meta">Mean ± sample SD over successful registrations; "before" is the '
-        "alignment of the inputs as they lie in world space (before any pre-alignment). "
-        "Full statistics (with medians) are in <code>group/summary.csv</code>.</p>"
-        + _table(header, rows, row_classes=classes)
-    )
-    return text + _label_dice_table(summary)
+    kinds = ["", "b"] + ["num"] * (len(header) - 2)
+    return {"table": _table(header, rows, kinds, classes), "labels": _label_dice_table(summary)}
 
 
-def _label_dice_table(summary: pd.DataFrame) -> str:
+def _label_dice_table(summary: pd.DataFrame) -> Record | None:
     labels = [
         c[len("dice_") : -len("_mean")]
         for c in summary.columns
         if c.startswith("dice_") and c.endswith("_mean") and c != "dice_mean_mean"
     ]
     if not labels:
-        return ""
-    header = ["pair (moving → fixed)", "method"] + [_esc(lab) for lab in labels]
-    rows = []
-    for _, row in summary.iterrows():
-        cells = [
-            _td(_esc(_pair_label(row.get("fixed", ""), row.get("moving", "")))),
-            _td(_esc(row.get("method", ""))),
+        return None
+    rows = [
+        [
+            _pair_label(row.get("fixed", ""), row.get("moving", "")),
+            row.get("method", ""),
+            *(_mean_sd(row, f"dice_{lab}", 3) for lab in labels),
         ]
-        cells += [_td(_esc(_mean_sd(row, f"dice_{lab}", 3)), num=True) for lab in labels]
-        rows.append(cells)
-    return "<h3>Dice per label</h3>" + _table(header, rows)
+        for _, row in summary.iterrows()
+    ]
+    header = ["pair (moving → fixed)", "method", *labels]
+    return _table(header, rows, ["", ""] + ["num"] * len(labels))
 
 
 def _has_values(df: pd.DataFrame, column: str) -> bool:
@@ -267,8 +222,9 @@ def _has_values(df: pd.DataFrame, column: str) -> bool:
     return any(np.isfinite(pd.to_numeric(df[c], errors="coerce")).any() for c in cols)
 
 
-def _plots_section(df: pd.DataFrame) -> str:
-    parts, missing, notes = [], [], []
+def _plots_section(df: pd.DataFrame) -> Record:
+    """A box plot per metric with values, and notes on the others."""
+    figs, missing, notes = [], [], []
     for column, title, ylabel, log in BOXPLOTS:
         if column not in df.columns or not _has_values(df, column):
             missing.append(column)
@@ -293,31 +249,26 @@ def _plots_section(df: pd.DataFrame) -> str:
         caption = f"{title} per method ({column})"
         if figures.initial_column(df, column):
             caption += "; grey: before registration"
-        parts.append(_figure(png, caption))
-    text = '<h2 id="plots">Metrics per method</h2><div class="figs">' + "".join(parts) + "</div>"
+        figs.append(_figure(png, caption))
     if missing:
-        text += _note("No values for: " + ", ".join(missing) + ".")
-    for note in notes:
-        text += _note(note)
-    return text
+        notes.insert(0, "No values for: " + ", ".join(missing) + ".")
+    return {"figures": figs, "notes": notes}
 
 
-def _failures_section(df: pd.DataFrame) -> str:
+def _failures_section(df: pd.DataFrame) -> Record:
+    """The rows whose status is not ``ok``, as a table."""
     failed = df[df["status"].astype(str) != "ok"] if "status" in df.columns else df.iloc[:0]
-    head = f'<h2 id="failures">Failures ({len(failed)})</h2>'
-    if failed.empty:
-        return head + "<p>All registrations succeeded.</p>"
     rows = [
         [
-            _td(_esc(r.get("subject", ""))),
-            _td(_esc(r.get("session", ""))),
-            _td(_esc(_pair_label(r.get("fixed", ""), r.get("moving", "")))),
-            _td(_esc(r.get("method", ""))),
-            _td(_esc(r.get("error", "") or "(no reason given)")),
+            r.get("subject", ""),
+            r.get("session", ""),
+            _pair_label(r.get("fixed", ""), r.get("moving", "")),
+            r.get("method", ""),
+            r.get("error", "") or "(no reason given)",
         ]
         for _, r in failed.iterrows()
     ]
-    return head + _table(["subject", "session", "pair", "method", "error"], rows)
+    return _table(["subject", "session", "pair", "method", "error"], rows)
 
 
 # --- per-subject figures --------------------------------------------------------------------
@@ -424,23 +375,21 @@ def _load(path: Path | None, cache: dict[Path, Image | str]) -> Image | str:
     return cache[path]
 
 
-def _flicker(fixed: Image, other: Image, caption: str) -> str:
+def _flicker(fixed: Image, other: Image, caption: str) -> Record:
     """Fixed and ``other`` alternating in one place (hover holds the fixed frame)."""
     try:
         first, second = figures.flicker_frames(fixed, other)
     except Exception as exc:  # a figure is never worth losing the report
         return _note(f"{caption}: no figure ({exc})")
-    return (
-        '<figure class="wide"><div class="flicker">'
-        f'<img src="{data_uri(first)}" alt="fixed">'
-        f'<img class="after" src="{data_uri(second)}" alt="{_esc(caption)}"></div>'
-        f"<figcaption>{_esc(caption)}: the fixed image and the moving one alternate every "
-        "second (cyan: the fixed image's edges); hover to hold the fixed frame.</figcaption>"
-        "</figure>"
-    )
+    return {
+        "kind": "flicker",
+        "src": data_uri(first),
+        "other": data_uri(second),
+        "caption": caption,
+    }
 
 
-def _overlay(fixed: Image, other: Image, title: str, caption: str) -> str:
+def _overlay(fixed: Image, other: Image, title: str, caption: str) -> Record:
     try:
         return _figure(figures.overlay_figure(fixed, other, title=title), caption)
     except Exception as exc:  # a figure is never worth losing the report
@@ -464,7 +413,7 @@ def keypoint_tables(row: pd.Series, output_dir: Path) -> tuple[Path, Path] | Non
     return paths if all(p.is_file() for p in paths) else None  # type: ignore[return-value]
 
 
-def _keypoints(row: pd.Series, output_dir: Path, fixed: Image, moving: Image) -> list[str]:
+def _keypoints(row: pd.Series, output_dir: Path, fixed: Image, moving: Image) -> list[Record]:
     tables = keypoint_tables(row, output_dir)
     if tables is None:
         return []
@@ -497,29 +446,30 @@ def _planar_moving(
     return planar.moving
 
 
-def _pair_section(group: pd.DataFrame, output_dir: Path, bids_dir: Path | None) -> str:
+def _pair_section(group: pd.DataFrame, output_dir: Path, bids_dir: Path | None) -> Record:
+    """One pair of one subject: its metrics table, then its figures (or why there are none)."""
     first = group.iloc[0]
     fixed_label, moving_label = first.get("fixed", ""), first.get("moving", "")
-    parts = [f"<h4>{_esc(_pair_label(fixed_label, moving_label))}</h4>"]
     metrics = [m for m in SUBJECT_METRICS if m[0] in group.columns]
     rows, classes = [], []
     for _, r in group.iterrows():
-        ok = str(r.get("status", "")) == "ok"
-        cells = [_td(_esc(r.get("method", ""))), _td(_esc(r.get("status", "")))]
-        cells += [_td(_esc(_num(r.get(c), d)), num=True) for c, _, d in metrics]
-        rows.append(cells)
-        classes.append("" if ok else "failed")
-    parts.append(
-        _table(["method", "status"] + [_esc(t) for _, t, _ in metrics], rows, row_classes=classes)
-    )
-
+        cells = [r.get("method", ""), r.get("status", "")]
+        rows.append(cells + [_num(r.get(c), d) for c, _, d in metrics])
+        classes.append("" if str(r.get("status", "")) == "ok" else "failed")
+    header = ["method", "status"] + [t for _, t, _ in metrics]
+    pair: Record = {
+        "title": _pair_label(fixed_label, moving_label),
+        "table": _table(header, rows, ["", ""] + ["num"] * len(metrics), classes),
+        "note": None,  # why there are no figures
+        "figures": [],  # filled below
+    }
     cache: dict[Path, Image | str] = {}
     fixed_path = find_source_image(first, "fixed", bids_dir)
     fixed = _load(fixed_path, cache)
     if isinstance(fixed, str):
-        parts.append(_note(f"No figures: fixed image ({fixed_label}) {fixed}."))
-        return "\n".join(parts)
-    figs = []
+        pair["note"] = f"No figures: fixed image ({fixed_label}) {fixed}."
+        return pair
+    figs: list[Record] = pair["figures"]
     moving_path = find_source_image(first, "moving", bids_dir)
     moving = _load(moving_path, cache)
     if isinstance(moving, Image) and moving.ndim != fixed.ndim and fixed_path and moving_path:
@@ -547,8 +497,7 @@ def _pair_section(group: pd.DataFrame, output_dir: Path, bids_dir: Path | None) 
         figs.append(_flicker(fixed, warped, f"{method}: {moving_label} warped"))
         if isinstance(moving, Image):
             figs.extend(_keypoints(r, output_dir, fixed, moving))
-    parts.append('<div class="figs">' + "".join(figs) + "</div>")
-    return "\n".join(parts)
+    return pair
 
 
 def worst_subjects(df: pd.DataFrame, n: int) -> list[str]:
@@ -585,37 +534,32 @@ def worst_subjects(df: pd.DataFrame, n: int) -> list[str]:
 
 def _subjects_section(
     df: pd.DataFrame, output_dir: Path, bids_dir: Path | None, max_subjects: int | None
-) -> str:
-    head = '<h2 id="subjects">Alignment per subject</h2>'
+) -> Record | None:
+    """The subjects shown with figures, each with its pairs; ``None`` without subjects."""
     if df.empty or "subject" not in df.columns:
-        return head + _note("No subjects.")
+        return None
     subjects = sorted(df["subject"].astype(str).unique())
     shown = subjects
     if max_subjects is not None and len(subjects) > max_subjects:
         shown = worst_subjects(df, max(0, max_subjects))
-    intro = (
-        '<p class="meta">Top row: the fixed image with the edges of the warped moving image '
-        "(orange); bottom row: a checkerboard of the fixed and the warped image; mid slices, "
-        "intensities scaled between the 1st and 99th percentiles.</p>"
-    )
+    note = None
     if len(shown) < len(subjects):
-        intro += _note(
+        note = (
             f"Figures for {len(shown)} of {len(subjects)} subjects only (max_subjects): those "
             "with failures first, then the worst scores (lowest Dice, else largest TRE); all "
             "subjects are in the tables and the CSVs."
         )
-    parts = [head, intro]
     keys = [k for k in ("session", "fixed", "moving") if k in df.columns]
+    figured: list[tuple[str, list[Record]]] = []
     for subject in shown:
         rows = df[df["subject"].astype(str) == subject]
-        parts.append(f'<h3 id="sub-{_esc(subject)}">sub-{_esc(subject)}</h3>')
+        pairs = []
         for key, group in rows.groupby(keys, sort=True, dropna=False) if keys else [((), rows)]:
             key = key if isinstance(key, tuple) else (key,)
             session = dict(zip(keys, key, strict=True)).get("session", "")
-            if session:
-                parts.append(f"<p class='meta'>ses-{_esc(session)}</p>")
-            parts.append(_pair_section(group, output_dir, bids_dir))
-    return "\n".join(parts)
+            pairs.append({**_pair_section(group, output_dir, bids_dir), "session": session})
+        figured.append((subject, pairs))
+    return {"note": note, "shown": figured}
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -658,16 +602,8 @@ def build_report(
         ("subjects", "Subjects"),
     ]
     nav += [(f"extra-{i}", t) for i, (t, _) in enumerate(extras)]
-    sections = [
-        _config_section(output_dir),
-        _summary_section(summary),
-        _plots_section(df),
-        _failures_section(df),
-        _subjects_section(df, output_dir, bids_dir, max_subjects),
-    ]
     return _template("report.html").render(
         title=title,
-        css=Markup(CSS),
         version=__version__,
         generated=now,
         n_rows=len(df),
@@ -676,8 +612,12 @@ def build_report(
         n_failed=n_failed,
         output_dir=str(output_dir),
         nav=nav,
-        # The sections are built (and escaped) here; extras' HTML is trusted by contract.
-        sections=[Markup(s) for s in sections],
+        config=_config_section(output_dir),
+        summary=_summary_section(summary),
+        plots=_plots_section(df),
+        failures=_failures_section(df),
+        subjects=_subjects_section(df, output_dir, bids_dir, max_subjects),
+        # Extras' HTML is trusted by contract (built by other modules), their titles are not.
         extras=[(t, Markup(h)) for t, h in extras],
     )
 
@@ -688,6 +628,9 @@ def _environment() -> jinja2.Environment:
         loader=jinja2.PackageLoader("mmreg.bids_app", "templates"),
         autoescape=True,
         keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=lambda value: "" if value is None else value,  # a missing value shows empty
     )
 
 

@@ -24,7 +24,7 @@ from mmreg.bids_app.config import Config, slurm_worker_kwargs
 from mmreg.bids_app.logs import LOGGER, setup_logging
 from mmreg.bids_app.models import check_methods
 from mmreg.bids_app.query import MissingPair, Pair
-from mmreg.cache import check_seal, forget_workflows, purge_corrupt
+from mmreg.cache import check_seal, forget_workflows, purge_corrupt, remove_stale_locks
 from mmreg.errors import MmregError, UsageError
 from mmreg.provenance import files_sha256
 from mmreg.runtime import limit_threads
@@ -33,6 +33,10 @@ from mmreg.runtime import limit_threads
 EXIT_OK, EXIT_SOME_FAILED, EXIT_SOFTWARE = 0, 65, 70
 
 os.environ.setdefault("NO_ET", "1")
+
+
+#: The state locations :func:`use_work_dir_for_state` set (not the user).
+_STATE_SET: dict[str, str] = {}
 
 
 def use_work_dir_for_state(work_dir: str | os.PathLike[str]) -> None:
@@ -44,10 +48,21 @@ def use_work_dir_for_state(work_dir: str | os.PathLike[str]) -> None:
     user has set is kept. Workers inherit the environment.
     """
     state = Path(work_dir) / ".state"
-    os.environ.setdefault("PYDRA_HASH_CACHE", str(state / "pydra-hashes"))
-    os.environ.setdefault("MPLCONFIGDIR", str(state / "matplotlib"))
-    for var in ("PYDRA_HASH_CACHE", "MPLCONFIGDIR"):
+    wanted = {"PYDRA_HASH_CACHE": state / "pydra-hashes", "MPLCONFIGDIR": state / "matplotlib"}
+    for var, path in wanted.items():
+        # What an earlier run in this process set is ours to move: a second run (the
+        # Python API, a test session) must not write into the first run's work dir.
+        if os.environ.get(var) in (None, _STATE_SET.get(var)):
+            os.environ[var] = _STATE_SET[var] = str(path)
         Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
+
+
+def remove_stale_engine_locks(work_dir: str | os.PathLike[str]) -> None:
+    """Remove the locks a killed run left in the work dir and the hash cache (they would
+    stall this run for ever; see :func:`mmreg.cache.remove_stale_locks`)."""
+    folders = [Path(work_dir), Path(os.environ.get("PYDRA_HASH_CACHE", work_dir))]
+    for lock in remove_stale_locks(*folders):
+        LOGGER.info("work dir: removed the stale lock %s of a killed run", lock.name)
 
 
 def _log_dir(config: Config) -> Path:
@@ -100,8 +115,12 @@ class _Progress:
             LOGGER.info(
                 "%d of %d registration(s) already in the work dir", self._first, self._bar.total
             )
+        beat = 0
         while not self._stop.wait(2.0):
             self._update()
+            beat += 1
+            if beat % 15 == 0:  # a job sharing the work dir (an array) may be killed any time
+                remove_stale_engine_locks(self._root)
 
     def __enter__(self) -> _Progress:
         self._thread.start()
@@ -273,6 +292,7 @@ def _run_workflow(
     for attempt in range(2):
         for folder, why in purge_corrupt(cache_root):
             LOGGER.info("work dir: recomputing %s (%s)", folder.name, why)
+        remove_stale_engine_locks(cache_root)
         # Cached workflow results only point at task results, and an interrupted run
         # leaves them half-written; task results are what the cache keeps.
         forget_workflows(cache_root)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +117,46 @@ def forget_workflows(cache_root: str | os.PathLike[str]) -> None:
     for folder in Path(cache_root).glob("workflow-*"):
         if any((folder / name).exists() for name in ("_job.pklz", "_result.pklz")):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+#: An empty lock file older than this (seconds) belongs to a killed process: a live holder
+#: writes its owner record right after creating the file.
+STALE_LOCK_AGE_S = 30.0
+
+
+def remove_stale_locks(
+    *folders: str | os.PathLike[str], min_age_s: float = STALE_LOCK_AGE_S
+) -> list[Path]:
+    """Remove the empty ``*.lock`` files older than ``min_age_s`` in ``folders``.
+
+    Pydra guards its task folders and its file-hash cache with soft (file-exists) locks.
+    A process killed (SIGKILL, the out-of-memory killer, a SLURM time limit) between
+    creating such a file and writing its owner into it leaves a lock that nobody can
+    prove stale, and every later run would wait on it for ever. Locks that name their
+    owner are left to the lock library, which breaks them when that process is gone.
+
+    Example:
+        >>> import tempfile, time
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "a.lock").write_text("")
+        >>> _ = (folder / "b.lock").write_text("1234 host")
+        >>> old = time.time() - 60
+        >>> for name in ("a.lock", "b.lock"):
+        ...     os.utime(folder / name, (old, old))
+        >>> _ = (folder / "c.lock").write_text("")  # fresh: may be being written now
+        >>> [p.name for p in remove_stale_locks(folder)]
+        ['a.lock']
+    """
+    removed = []
+    now = time.time()
+    for folder in folders:
+        for lock in sorted(Path(folder).glob("*.lock")):
+            try:
+                info = lock.stat()
+                if info.st_size == 0 and now - info.st_mtime >= min_age_s:
+                    lock.unlink()
+                    removed.append(lock)
+            except FileNotFoundError:
+                continue  # released (or removed by a concurrent run) meanwhile
+    return removed

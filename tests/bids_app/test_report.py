@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import importlib.util
 import json
 import re
@@ -12,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from markupsafe import escape
 
 from mmreg.bids_app import report
 from mmreg.bids_app.group import aggregate, run_group_level, summarise
@@ -40,8 +40,8 @@ def test_report_contents(tmp_path: Path) -> None:
     for name in ("ants-affine", "ants-syn", "sub-01", "sub-02", "sub-10", "0.750 ± 0.050"):
         assert name in text
     assert f'src="data:image/png;base64,{PNG_B64[:8]}' in text
-    # The failure reason shows up escaped, never as live markup.
-    assert html.escape(ERROR) in text
+    # The failure reason shows up escaped (as the templates escape), never as live markup.
+    assert escape(ERROR) in text
     assert "<script>" not in text
     # Per subject: before + a figure per method where the warped image exists.
     # sub-01 (paths in the CSV) and sub-10 (found by name) have both; sub-02 has
@@ -82,8 +82,26 @@ def test_report_reads_newest_config_and_extra_sections(tmp_path: Path) -> None:
     )
     text = paths["report"].read_text(encoding="utf-8")
     assert "logs/run1/config.json" in text
-    assert html.escape('["a&b"]') in text
+    assert escape('["a&b"]') in text
     assert "Notes &lt;1&gt;" in text and "<p id='extra'>hi</p>" in text
+
+
+def test_report_escapes_labels_in_text_attributes_and_ids(tmp_path: Path) -> None:
+    bids, out = write_fake_output(tmp_path, images=True)
+    df = aggregate(out)
+    evil = "<script>alert('x')</script>"
+    sub01, sub02, sub10 = (df["subject"] == s for s in ("01", "02", "10"))
+    df.loc[sub01, "method"] = df.loc[sub01, "method"] + evil  # tables, figure captions
+    df.loc[sub02, "session"] = evil
+    df.loc[sub10, "subject"] = "10" + evil  # heading and its anchor
+    text = report.build_report(df, summarise(df), output_dir=out, bids_dir=bids)
+    assert "<script" not in text
+    shown = escape(evil)
+    assert f"<td><b>ants-syn{shown}</b></td>" in text  # summary table
+    assert f'alt="ants-syn{shown}: T2w warped"' in text  # overlay and flicker frame
+    assert f"<figcaption>ants-syn{shown}: T2w warped</figcaption>" in text
+    assert f'<p class="meta">ses-{shown}</p>' in text
+    assert f'<h3 id="sub-10{shown}">sub-10{shown}</h3>' in text
 
 
 def test_report_corrupt_image_is_a_note(tmp_path: Path) -> None:

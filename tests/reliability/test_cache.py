@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,8 @@ import pandas as pd
 from mmreg.bids_app.cli import main
 from mmreg.cache import SEAL
 from mmreg.imaging.image import Image, load_image, save_image
+
+import processes
 
 METHODS = ("--methods", "identity,sitk-rigid", "--worker", "debug")
 
@@ -86,3 +90,56 @@ def test_engine_state_stays_in_the_work_dir(good_dataset, tmp_path, monkeypatch)
     assert _run(good_dataset, tmp_path / "out", work) == 0
     assert not home.exists()
     assert any((work / ".state" / "pydra-hashes").iterdir())
+
+
+def test_two_runs_in_one_process_keep_their_state_in_their_own_work_dirs(
+    good_dataset, tmp_path, monkeypatch
+):
+    for var in ("PYDRA_HASH_CACHE", "MPLCONFIGDIR"):
+        monkeypatch.delenv(var, raising=False)
+    first, second = tmp_path / "work-1", tmp_path / "work-2"
+    assert _run(good_dataset, tmp_path / "out-1", first) == 0
+    marks = {p.name for p in (first / ".state" / "pydra-hashes").iterdir()}
+    assert _run(good_dataset, tmp_path / "out-2", second) == 0
+    assert {p.name for p in (first / ".state" / "pydra-hashes").iterdir()} == marks
+    assert any((second / ".state" / "pydra-hashes").iterdir())
+    assert os.environ["PYDRA_HASH_CACHE"] == str(second / ".state" / "pydra-hashes")
+
+
+def test_a_location_the_user_set_is_kept(good_dataset, tmp_path, monkeypatch):
+    mine = tmp_path / "my-hashes"
+    monkeypatch.setenv("PYDRA_HASH_CACHE", str(mine))
+    assert _run(good_dataset, tmp_path / "out", tmp_path / "work") == 0
+    assert any(mine.iterdir())
+    assert not (tmp_path / "work" / ".state" / "pydra-hashes").exists()
+
+
+def test_locks_left_by_a_killed_run_do_not_stall_the_next_one(good_dataset, tmp_path):
+    """SIGKILL between creating a soft lock and writing its owner leaves an empty file
+    that would make every later run wait for ever; here every lock the engine takes is
+    left so, and the rerun must still finish."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = [sys.executable, "-m", "mmreg.bids_app", str(good_dataset), str(out)]
+    argv += ["participant", *METHODS, "--work-dir", str(work)]
+    env = {**os.environ, "NO_ET": "1"}
+    env.pop("PYDRA_HASH_CACHE", None)
+    first = processes.run(argv, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    hashes = work / ".state" / "pydra-hashes"
+    keys = [p for p in hashes.iterdir() if p.suffix != ".lock"]
+    tasks = [p for p in work.iterdir() if p.is_dir() and p.name.startswith(("python-", "wor"))]
+    assert keys and tasks
+    old = time.time() - 3600
+    for path in [*keys, *tasks]:
+        lock = path.with_suffix(".lock")
+        lock.write_bytes(b"")
+        os.utime(lock, (old, old))
+
+    again = processes.run(argv, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "stale lock" in (out / "logs").joinpath(*_latest_log(out)).read_text()
+
+
+def _latest_log(out: Path) -> tuple[str, str]:
+    run = sorted(p for p in (out / "logs").iterdir() if p.is_dir())[-1]
+    return run.name, "mmreg.log"
