@@ -232,4 +232,3 @@ def _percentile99(values: torch.Tensor) -> torch.Tensor:
         return below
     above = torch.kthvalue(values, low + 2).values
     return torch.lerp(below, above, position - low)
-
