@@ -137,12 +137,21 @@ def test_oracle_2d_and_an_initial_transform_is_considered(monkeypatch, tmp_path)
     _oracle(monkeypatch, fixed, truth, 2)
     initial = Transform.from_affine(rigid_matrix(-100.0, 0.0, (0.0, 0.0)), ndim=2)
     moving = _moved(fixed, truth)  # a new affine object: the oracle tells them apart
-    result = km.make_method("affine", model=model).register(fixed, moving, initial=initial)
+    always = {"accept": "0"}  # search even when a start already fits
+    result = km.make_method("affine", model=model, params=always).register(
+        fixed, moving, initial=initial
+    )
     assert np.allclose(result.transform.as_affine(), truth, atol=1e-6)
     starts = result.extras["start_residuals_mm"]
     assert {"keypoints", "initial"} <= set(starts) and len(starts) == 2 + 8  # 8 2D rotations
     assert len(result.extras["refined_residuals_mm"]) == 2
     assert len(result.extras["start_nmi"]) == 10
+    assert result.extras["searched"] is True
+    # Perfect keypoints explain every start exactly: by default the search is skipped.
+    quick = km.make_method("affine", model=model).register(fixed, moving, initial=initial)
+    assert np.allclose(quick.transform.as_affine(), truth, atol=1e-6)
+    assert set(quick.extras["start_residuals_mm"]) == {"keypoints", "initial"}
+    assert quick.extras["searched"] is False
 
 
 def test_contract_with_a_real_tiny_model(tiny_model, images):
@@ -229,3 +238,7 @@ def test_search_and_keep_parameters():
     assert method.options.search is False and method.options.keep == 3
     with pytest.raises(UsageError, match="search must be 0 or 1"):
         get_method("keymorph-rigid:search=2")
+    assert get_method("keymorph-affine").options.accept == km.DEFAULT_ACCEPT_MM
+    assert get_method("keymorph-affine:accept=0").options.accept == 0.0
+    with pytest.raises(UsageError, match="accept must be a non-negative number"):
+        get_method("keymorph-affine:accept=-1")
