@@ -52,6 +52,7 @@ BIDSIGNORE = (
     "*_evaluation.csv",
     "*_evaluation.json",
     "*_keypoints.tsv",
+    "sub-*.html",
 )
 
 README = """# mmreg derivatives
@@ -66,6 +67,7 @@ Cross-modality registration results written by mmreg {version}.
   for keypoint methods (KeyMorph), the keypoints found on each image, in that image's
   world coordinates (RAS mm, columns `name, x, y, z`; row k of both files correspond).
 - `sub-<label>/sub-<label>_evaluation.csv`: accuracy and runtime per pair and method.
+- `sub-<label>.html`: the subject's report (tables, plots, every alignment figure).
 - `group/`: all rows, a per-method summary and `report.html`; with landmarks,
   `table1.csv` (keypoint transfer error per method and landmark group, in cm); for
   whole-body DXA/MR runs, `matching.csv` and `matching_summary.csv` (cross-modal

@@ -174,8 +174,8 @@ def _numeric(df: pd.DataFrame, col: str) -> pd.Series | None:
     return numeric
 
 
-def aggregate(output_dir: Path) -> pd.DataFrame:
-    """All participants' evaluation rows in one table.
+def aggregate(output_dir: Path, subjects: Sequence[str] | None = None) -> pd.DataFrame:
+    """All participants' evaluation rows in one table (``subjects``: only theirs).
 
     Rows are sorted by subject, session, fixed, moving and method (stable,
     so rows equal in all five keep their per-subject order); columns follow
@@ -189,7 +189,11 @@ def aggregate(output_dir: Path) -> pd.DataFrame:
         NoResultsError: If no usable ``sub-*/sub-*_evaluation.csv`` exists (exit code 66).
     """
     output_dir = Path(output_dir)
-    frames = [f for f in (_read_csv(p) for p in find_subject_csvs(output_dir)) if f is not None]
+    csvs = find_subject_csvs(output_dir)
+    if subjects is not None:
+        wanted = {f"sub-{s}" for s in subjects}
+        csvs = [p for p in csvs if p.parent.name in wanted]
+    frames = [f for f in (_read_csv(p) for p in csvs) if f is not None]
     if not frames:
         raise NoResultsError(
             f"no participant results found under {output_dir} "
@@ -400,6 +404,7 @@ def run_group_level(
         bids_dir=bids_dir,
         extra_sections=[*sections, *(extra_sections or [])],
         max_subjects=max_subjects,
+        subject_reports=True,
     )
     # Explicit UTF-8: the locale of a container may be plain ASCII.
     with atomic_path(group_dir / "report.html") as tmp:
@@ -413,3 +418,34 @@ def run_group_level(
         n_failed,
     )
     return paths
+
+
+def subject_report_path(output_dir: Path, subject: str) -> Path:
+    """``OUTPUT_DIR/sub-<label>.html``, where fMRIPrep puts its subject reports."""
+    return Path(output_dir) / f"sub-{subject}.html"
+
+
+def write_subject_report(output_dir: Path, subject: str, *, bids_dir: Path | None = None) -> Path:
+    """Write one subject's report (its tables, plots, failures and every figure).
+
+    The participant level writes it for each subject as soon as the subject's evaluation
+    table exists; the group report links it and shows figures for a few subjects only.
+
+    Raises:
+        NoResultsError: If the subject has no evaluation table.
+    """
+    from mmreg.bids_app.report import build_report
+
+    df = aggregate(output_dir, [subject])
+    html = build_report(
+        df,
+        summarise(df),
+        output_dir=Path(output_dir),
+        bids_dir=bids_dir,
+        max_subjects=None,
+        title=f"mmreg registration report: sub-{subject}",
+    )
+    path = subject_report_path(output_dir, subject)
+    with atomic_path(path) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    return path

@@ -562,6 +562,14 @@ def _subjects_section(
     return {"note": note, "shown": figured}
 
 
+def _subject_links(df: pd.DataFrame, output_dir: Path) -> dict[str, str]:
+    """Subject label -> link (relative to ``group/``) of each subject report that exists."""
+    if "subject" not in df.columns:
+        return {}
+    subjects = sorted(df["subject"].astype(str).unique())
+    return {s: f"../sub-{s}.html" for s in subjects if (output_dir / f"sub-{s}.html").is_file()}
+
+
 # --- the report -----------------------------------------------------------------------------
 
 
@@ -574,6 +582,7 @@ def build_report(
     extra_sections: Sequence[tuple[str, str]] | None = None,
     max_subjects: int | None = 20,
     title: str = "mmreg registration report",
+    subject_reports: bool = False,
 ) -> str:
     """The report as one HTML string.
 
@@ -588,6 +597,8 @@ def build_report(
         max_subjects: Subjects with alignment figures (failures and worst scores
             first, see :func:`worst_subjects`); ``None`` for all.
         title: Page title.
+        subject_reports: Link the subjects' own reports (``OUTPUT_DIR/sub-<label>.html``,
+            those that exist) from a page in ``OUTPUT_DIR/group/``.
     """
     output_dir = Path(output_dir)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -617,6 +628,7 @@ def build_report(
         plots=_plots_section(df),
         failures=_failures_section(df),
         subjects=_subjects_section(df, output_dir, bids_dir, max_subjects),
+        subject_links=_subject_links(df, output_dir) if subject_reports else {},
         # Extras' HTML is trusted by contract (built by other modules), their titles are not.
         extras=[(t, Markup(h)) for t, h in extras],
     )

@@ -25,7 +25,7 @@ from mmreg.bids_app.logs import LOGGER, setup_logging
 from mmreg.bids_app.models import check_methods
 from mmreg.bids_app.query import MissingPair, Pair
 from mmreg.cache import check_seal, forget_workflows, purge_corrupt, remove_stale_locks
-from mmreg.errors import MmregError, UsageError
+from mmreg.errors import InputError, MmregError, UsageError
 from mmreg.provenance import files_sha256
 from mmreg.runtime import limit_threads
 
@@ -231,7 +231,8 @@ def run_participant(
         rows_of = dict(zip(with_pairs, results, strict=True))
         for subject in batch:
             add_rows(subject, rows_of.get(subject))
-            n_failed += _finish_subject(output_dir, subject, rows_by_subject[subject])
+            rows = rows_by_subject[subject]
+            n_failed += _finish_subject(output_dir, subject, rows, Path(config.bids_dir))
         if n_failed and config.stop_on_first_crash:
             left = order[position + 1 :]
             shown = ", ".join(f"sub-{s}" for s in left[:5]) + (", ..." if len(left) > 5 else "")
@@ -319,14 +320,18 @@ def _run_workflow(
     return [list(rows) for rows in outputs.rows]
 
 
-def _finish_subject(output_dir: Path, subject: str, rows: list[dict[str, Any]]) -> int:
-    """Write a subject's evaluation table; log and count its failed rows."""
+def _finish_subject(
+    output_dir: Path, subject: str, rows: list[dict[str, Any]], bids_dir: Path | None = None
+) -> int:
+    """Write a subject's evaluation table and report; log and count its failed rows."""
     n_failed = 0
     try:
         derivatives.write_subject_csv(output_dir, subject, rows)
     except OSError as exc:  # a full or read-only disk: this subject's table is lost
         reason = f"could not write sub-{subject}_evaluation.csv: {exc.strerror or exc}"
         rows = [{**row, "status": "failed", "error": reason} for row in rows]
+    else:
+        _write_subject_report(output_dir, subject, bids_dir)
     for row in rows:
         if row["status"] != "ok":
             n_failed += 1
@@ -339,6 +344,16 @@ def _finish_subject(output_dir: Path, subject: str, rows: list[dict[str, Any]]) 
                 row["error"],
             )
     return n_failed
+
+
+def _write_subject_report(output_dir: Path, subject: str, bids_dir: Path | None) -> None:
+    """``sub-<label>.html``; a report that cannot be made is a warning, never a failure."""
+    from mmreg.bids_app.group import write_subject_report
+
+    try:
+        write_subject_report(output_dir, subject, bids_dir=bids_dir)
+    except (OSError, InputError) as exc:
+        LOGGER.warning("sub-%s: no subject report (%s)", subject, exc)
 
 
 #: A line that states an error: ``ValueError: ...``, ``slurmstepd: error: ... CANCELLED ...``.

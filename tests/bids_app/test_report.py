@@ -145,3 +145,36 @@ def test_empty_results_still_render(tmp_path: Path) -> None:
     df = pd.DataFrame(columns=["subject", "session", "fixed", "moving", "method", "status"])
     text = report.build_report(df, summarise(df), output_dir=tmp_path)
     assert "No evaluation rows" in text
+
+
+def test_subject_reports_are_written_and_linked_from_the_group_report(tmp_path: Path) -> None:
+    from mmreg.bids_app.group import subject_report_path, write_subject_report
+
+    bids, out = write_fake_output(tmp_path, images=True)
+    page = write_subject_report(out, "01", bids_dir=bids).read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "sub-01" in page
+    # Only this subject's rows and figures, all of them.
+    assert re.findall(r'<h3 id="sub-([^"]+)"', page) == ["01"]
+    assert page.count('class="flicker"') == 3
+    assert "sub-02" not in page
+    group = run_group_level(out, bids_dir=bids, max_subjects=1)["report"].read_text("utf-8")
+    # Linked from group/, including a subject without figures in the (capped) group page.
+    assert '<a href="../sub-01.html">sub-01</a>' in group
+    assert "../sub-02.html" not in group  # not written
+    assert subject_report_path(out, "01") == out / "sub-01.html"
+
+
+def test_participant_level_writes_each_subject_report(tmp_path: Path) -> None:
+    from mmreg.bids_app.cli import main
+
+    from reliability_data import write_good_dataset
+
+    bids = write_good_dataset(tmp_path / "bids", ("01", "02"))
+    out = tmp_path / "out"
+    argv = [str(bids), str(out), "participant", "--methods", "identity,sitk-rigid"]
+    assert main([*argv, "--worker", "debug", "--work-dir", str(tmp_path / "work")]) == 0
+    for subject in ("01", "02"):
+        page = (out / f"sub-{subject}.html").read_text(encoding="utf-8")
+        assert f'<h3 id="sub-{subject}">' in page and "sitk-rigid" in page
+        assert page.count('class="flicker"') == 3  # before, then one per method
+    assert "sub-*.html" in (out / ".bidsignore").read_text()
