@@ -176,11 +176,52 @@ def write_pair_outputs(
                 **common,
             }
             atomic_write_text(_sidecar(folder / name), json.dumps(meta, indent=2) + "\n")
+    groups = (row.get("extras") or {}).get("label_groups") or []
+    for side, path in (row.get("_label_maps") or {}).items():
+        _write_predicted_dseg(folder, pair, side, Path(path), common, groups)
     return {
         **row,
         "warped": warped.relative_to(output_dir).as_posix(),
         "transform": xfm.relative_to(output_dir).as_posix(),
     }
+
+
+def _write_predicted_dseg(
+    folder: Path,
+    pair: dict[str, Any],
+    side: str,
+    path: Path,
+    common: dict[str, Any],
+    groups: Sequence[Sequence[int]],
+) -> None:
+    """A method's predicted segmentation of one image, resampled onto that image's grid,
+    with its ``dseg.tsv`` (each value: the ground-truth labels its class stands for)."""
+    from mmreg.imaging.image import load_labels, read_grid, save_image
+    from mmreg.imaging.transform import Transform
+
+    labels = load_labels(path)
+    grid = read_grid(pair[side])
+    if grid.ndim != labels.ndim:  # e.g. a whole-body slice of a 3D image: not written
+        return
+    on_grid = Transform.identity(grid.ndim).apply(labels, grid, interpolation="nearest")
+    space = pair[f"{side}_label"]
+    name = naming.dseg_name(
+        pair["subject"], pair.get("session"), pair["fixed_label"], pair["moving_label"], space
+    )
+    with atomic_path(folder / name) as tmp:
+        save_image(on_grid.with_data(on_grid.data.astype("int16")), tmp)
+    meta = {
+        "Description": f"Segmentation of the {space} image predicted by {common['Method']} "
+        "(label values as in the training ground truth)",
+        "SpatialReference": naming.bids_uri(pair[side], pair.get("bids_dir")),
+        **common,
+    }
+    atomic_write_text(_sidecar(folder / name), json.dumps(meta, indent=2) + "\n")
+    rows = [
+        f"{group[0]}\tlabel-{'+'.join(str(v) for v in group)}\n" for group in groups[1:] if group
+    ]
+    tsv = folder / (name[: -len(".nii.gz")] + ".tsv")
+    atomic_write_text(tsv, "index\tname\n" + "".join(rows))
 
 
 def find_keypoints(extras: dict[str, Any]) -> tuple[list, list] | None:

@@ -192,6 +192,25 @@ def keypoints_name(
     )
 
 
+def dseg_name(subject: str, session: str | None, fixed: str, moving: str, space: str) -> str:
+    """``sub-<l>[_ses-<s>]_from-<moving>_to-<fixed>_space-<space>_desc-segguided_dseg.nii.gz``.
+
+    The segmentation a segmentation-guided method predicted on one image of a pair, on
+    that image's grid; ``from``/``to`` keep two pairs sharing an image apart.
+
+    Example:
+        >>> dseg_name("01", None, "T2w", "US", "US")
+        'sub-01_from-US_to-T2w_space-US_desc-segguided_dseg.nii.gz'
+    """
+    if space not in (fixed, moving):
+        raise ValueError(f"space {space!r} is neither {fixed!r} nor {moving!r}")
+    return (
+        f"{_prefix(subject, session)}_from-{sanitize_label(moving, what='moving label')}"
+        f"_to-{sanitize_label(fixed, what='fixed label')}_space-{space}"
+        "_desc-segguided_dseg.nii.gz"
+    )
+
+
 def pair_id(subject: str, session: str | None, fixed: str, moving: str) -> str:
     """A readable unique key of one pair: ``sub-<l>[_ses-<s>]_from-<moving>_to-<fixed>``."""
     return (

@@ -125,6 +125,13 @@ TARGETS: dict[str, TrainTarget] = {
         settings="mmreg.methods.features.suits_train:SUITSTrainSettings",
         function="mmreg.methods.features.suits_train:train_suits",
     ),
+    "segguided": TrainTarget(
+        name="segguided",
+        description="segmentation-guided registration from the labels of one modality "
+        "(segguided; needs --labels-from)",
+        settings="mmreg.methods.segguided.train:SegGuidedTrainSettings",
+        function="mmreg.methods.segguided.train:train_segguided",
+    ),
 }
 
 #: Suffixes of anatomical files that are not images to learn from.

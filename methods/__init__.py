@@ -41,6 +41,7 @@ for _name in ("mind-io", "dns-io"):
     register_lazy(_name, "mmreg.methods.features.register")
 for _name in ("suits", "mind-suits"):
     register_lazy(_name, "mmreg.methods.features.suits")
+register_lazy("segguided", "mmreg.methods.segguided.register")
 
 __all__ = [
     "BaseMethod",

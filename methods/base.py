@@ -51,11 +51,14 @@ class RegistrationResult:
         transform: The full fixed->moving map, INCLUDING the initial transform.
         runtime_s: Wall-clock seconds of the registration (a chain: the sum).
         extras: JSON-serialisable method-specific outputs (final metric, iterations...).
+        label_maps: Segmentations the method predicted, by side (``fixed``, ``moving``),
+            each on that image's grid (``segguided``); written as derivatives.
     """
 
     transform: Transform
     runtime_s: float
     extras: dict[str, Any] = field(default_factory=dict)
+    label_maps: dict[str, Image] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -44,6 +44,7 @@ class ChainMethod:
         current = initial
         total = 0.0
         record: list[dict[str, Any]] = []
+        label_maps: dict[str, Any] = {}
         result: RegistrationResult | None = None
         for method in self.steps:
             result = method.register(
@@ -51,12 +52,13 @@ class ChainMethod:
             )
             current = result.transform
             total += result.runtime_s
+            label_maps.update(result.label_maps)
             record.append(
                 {"method": method.name, "runtime_s": result.runtime_s, "extras": result.extras}
             )
         assert result is not None
         extras = {**result.extras, "steps": record}
-        return RegistrationResult(result.transform, total, extras)
+        return RegistrationResult(result.transform, total, extras, label_maps)
 
     def __repr__(self) -> str:
         return f"<chain {self.name}>"

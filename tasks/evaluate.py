@@ -73,6 +73,7 @@ def EvaluatePair(
     row.update(
         _warped=str(warped_path),
         _transform=upstream["transform"],
+        _label_maps=upstream.get("label_maps", {}),
         extras=upstream.get("extras", {}),
     )
     return clean_row(row)

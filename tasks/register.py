@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fileformats.application import Json
 
-from mmreg.imaging.image import load_channels_into, load_image
+from mmreg.imaging.image import load_channels_into, load_image, save_image
 from mmreg.imaging.transform import Transform
 from mmreg.models import verified_model_paths
 from mmreg.pipeline import Failure, PreparedPair, register
@@ -66,6 +66,11 @@ def RegisterPair(
         )
         suffix = ".txt" if result.transform.is_linear else ".h5"
         xfm = result.transform.write(Path.cwd() / f"xfm{suffix}")
+        # Segmentations a method predicted (segguided), each on its own image's grid.
+        label_maps = {
+            side: str(save_image(image, Path.cwd() / f"dseg_{side}.nii.gz"))
+            for side, image in result.label_maps.items()
+        }
     except Exception as exc:
         return Json(failed_manifest("result.json", Failure.from_exception(exc), method=method))
     return Json(
@@ -75,6 +80,7 @@ def RegisterPair(
             transform=str(xfm),
             runtime_s=result.runtime_s,
             extras=result.extras,
+            label_maps=label_maps,
             warnings=upstream.get("warnings", []),
         )
     )

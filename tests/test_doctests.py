@@ -23,6 +23,7 @@ PACKAGES = (
     "mmreg.methods.contrastive",
     "mmreg.methods.features",
     "mmreg.methods.keymorph",
+    "mmreg.methods.segguided",
     "mmreg.segmentation",
     "mmreg.tasks",
     "mmreg.workflows",

@@ -1,0 +1,185 @@
+"""``segguided``: register two images through their predicted segmentations.
+
+How one pair is registered (weights from ``--model segguided=PATH``; nothing is shipped,
+since the method learns the user's own anatomy and labels):
+
+1. The moving image is resampled onto the fixed image's grid through ``initial`` (the
+   affine step of a chain, ``ants-rigid+segguided``), then both onto the fixed image's
+   working grid (the checkpoint's shape and spacing, centred on the field of view).
+2. The segmenter of each modality (S_S for the labelled one, S_T for the other, as
+   recorded at training) turns each image into class probabilities.
+3. The registration U-Net maps both probability maps to a displacement field;
+   ``refine`` Adam steps then raise the soft Dice of the two maps further (0: the
+   network alone), with a diffusion penalty ``lambda_reg``.
+4. Folding guard as ``mind-io``'s: smoothing while more than ``max_folding`` percent of
+   the voxels fold.
+
+The result is ``x -> initial(x + u(x))``; extras hold the folding percentage and the
+segmentations' class volumes. Each image's predicted segmentation (on its own grid) is
+returned in ``RegistrationResult.label_maps`` and written by the participant level as
+``..._space-<mod>_desc-segguided_dseg.nii.gz``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from mmreg.imaging.image import Image
+from mmreg.imaging.transform import Transform
+from mmreg.methods.base import BaseMethod, RegistrationResult
+from mmreg.methods.registry import register_factory, settings_from_params
+from mmreg.methods.segguided.grid import (
+    field_to_transform,
+    labels_from_probabilities,
+    onto,
+    unit_tensor,
+    working_grid,
+)
+from mmreg.methods.segguided.model import FAMILY, SegGuidedNets, load_segguided
+
+__all__ = ["SegGuidedMethod", "SegGuidedSettings", "predict_field", "probabilities"]
+
+
+@dataclass(frozen=True)
+class SegGuidedSettings:
+    """Parameters of ``segguided`` (``segguided:key=value``).
+
+    Attributes:
+        refine: Adam steps on the soft Dice after the network (0: the network alone).
+        lr: Their learning rate (voxels).
+        lambda_reg: Their diffusion weight.
+        max_folding: Percent of folding voxels the guard allows.
+    """
+
+    refine: int = 150
+    lr: float = 0.5
+    lambda_reg: float = 0.25
+    max_folding: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.refine < 0 or not self.lr > 0 or self.lambda_reg < 0:
+            raise ValueError("refine and lambda_reg must not be negative, lr must be positive")
+        if not 0 <= self.max_folding <= 100:
+            raise ValueError("max_folding must be within 0-100")
+
+
+def probabilities(nets: SegGuidedNets, data: np.ndarray, *, fixed_side: bool) -> torch.Tensor:
+    """Class probabilities ``(1, K, *shape)`` of an image on its working grid."""
+    labelled = (nets.config.labelled_side == "fixed") == fixed_side
+    device = next(nets.parameters()).device
+    with torch.no_grad():
+        return torch.softmax(nets.segmenter(labelled)(unit_tensor(data).to(device)), dim=1)
+
+
+def predict_field(
+    net: torch.nn.Module, p_fixed: torch.Tensor, p_moving: torch.Tensor
+) -> torch.Tensor:
+    """The network's voxel displacement ``(1, ndim, *shape)`` from fixed to moving."""
+    with torch.no_grad():
+        return net(torch.cat([p_fixed, p_moving], dim=1))
+
+
+def _refine(
+    u: torch.Tensor, p_fixed: torch.Tensor, p_moving: torch.Tensor, s: SegGuidedSettings, seed: int
+) -> torch.Tensor:
+    from mmreg.methods.features.optimise import diffusion, warp
+    from mmreg.methods.segguided.losses import soft_dice
+
+    torch.manual_seed(seed)
+    field = u.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([field], lr=s.lr)
+    for _ in range(s.refine):
+        loss = 1 - soft_dice(warp(p_moving, field), p_fixed) + s.lambda_reg * diffusion(field)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return field.detach()
+
+
+class SegGuidedMethod(BaseMethod):
+    """See the module docstring."""
+
+    name: ClassVar[str] = "segguided"
+    deformable: ClassVar[bool] = True
+
+    def __init__(self, nets: SegGuidedNets, settings: SegGuidedSettings) -> None:
+        self.nets = nets
+        self.settings = settings
+
+    def _segment_own(self, image: Image, *, fixed_side: bool) -> Image:
+        """The image's predicted classes on its own grid."""
+        config = self.nets.config
+        grid = working_grid(image.grid, config.shape, config.spacing)
+        prob = probabilities(self.nets, onto(image, grid).data, fixed_side=fixed_side)
+        # Class k is written as the first ground-truth label of its group (class 0: 0).
+        lut = np.asarray([g[0] if k else 0 for k, g in enumerate(config.groups)], np.int32)
+        classes = lut[labels_from_probabilities(prob).astype(np.int64)]
+        return onto(Image(classes, grid.affine), image.grid, labels=True)
+
+    def _run(
+        self,
+        fixed: Image,
+        moving: Image,
+        *,
+        initial: Transform | None,
+        seed: int,
+        device: str,
+        threads: int,
+    ) -> tuple[Transform, dict[str, Any]]:
+        from mmreg.methods.features.optimise import smooth_field
+        from mmreg.methods.features.register import folding_percent
+
+        config = self.nets.config
+        if fixed.ndim != config.ndim:
+            raise ValueError(f"the segguided model is {config.ndim}D, the images {fixed.ndim}D")
+        start = initial if initial is not None else Transform.identity(fixed.ndim)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            grid = working_grid(fixed.grid, config.shape, config.spacing)
+            resampled = start.apply(moving, grid)
+            p_f = probabilities(self.nets, onto(fixed, grid).data, fixed_side=True)
+            p_m = probabilities(self.nets, resampled.data, fixed_side=False)
+            u = predict_field(self.nets.reg, p_f, p_m)
+            if self.settings.refine:
+                u = _refine(u, p_f, p_m, self.settings, seed)
+            folding, passes = folding_percent(u), 0
+            while folding > self.settings.max_folding and passes < 20:
+                u, passes = smooth_field(u), passes + 1
+                folding = folding_percent(u)
+            self.label_maps = {
+                "fixed": self._segment_own(fixed, fixed_side=True),
+                "moving": self._segment_own(moving, fixed_side=False),
+            }
+        finally:
+            torch.set_num_threads(previous)
+        extras = {
+            "neg_jacobian_pct": round(folding, 4),
+            "guard_smoothing_passes": passes,
+            "max_displacement_vox": round(float(u.abs().max()), 3),
+            "labelled_side": config.labelled_side,
+            "label_groups": [list(g) for g in config.groups],
+        }
+        return field_to_transform(u, grid).then(start), extras
+
+    def register(self, fixed: Image, moving: Image, **kwargs: Any) -> RegistrationResult:
+        self.label_maps: dict[str, Image] = {}
+        result = super().register(fixed, moving, **kwargs)
+        result.label_maps = dict(self.label_maps)
+        return result
+
+
+def make_segguided(
+    params: Mapping[str, str] | None = None, *, model: str | None = None
+) -> SegGuidedMethod:
+    """``segguided[:key=value...]`` with the weights ``model`` (``--model segguided=PATH``)."""
+    settings = settings_from_params("segguided", SegGuidedSettings(), params)
+    return SegGuidedMethod(load_segguided(model), settings)
+
+
+register_factory("segguided", make_segguided, replace=True, model_family=FAMILY)
