@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.segguided_data import write_dataset  # noqa: E402
 
-METHODS = "identity,ants-rigid,ants-syn,mind-io,ants-rigid+segguided"
+METHODS = "identity,ants-rigid,ants-rigid+ants-syn,ants-rigid+mind-io,ants-rigid+segguided"
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -79,9 +79,10 @@ def main() -> None:
     from mmreg.imaging.image import load_labels
 
     bids = args.work / "bids"
-    if not (bids / "complete").is_file():
+    done = args.work / "dataset-complete"  # outside the dataset: BIDS validation is on
+    if not done.is_file():
         write_dataset(bids, args.subjects)
-        (bids / "complete").write_text("ok\n")
+        done.write_text("ok\n")
     subjects = [f"{i + 1:02d}" for i in range(args.subjects)]
     train, test = subjects[: -args.test], subjects[-args.test :]
     rows = []

@@ -119,7 +119,7 @@ class SegGuidedTrainSettings:
     validate_every: int = 300
     log_every: int = 50
     max_minutes: float = field(
-        default=0.0, metadata={"help": "stop each stage after this share of minutes (0: none)"}
+        default=0.0, metadata={"help": "time limit of each of stages 2-4, minutes (0: none)"}
     )
     seed: int = 0
 
@@ -310,7 +310,8 @@ def _save_stage(path: Path, fingerprint: str, value: Any) -> None:
 # ---------------------------------------------------------------- helpers
 
 
-def _deform(x: torch.Tensor, u: torch.Tensor, *, labels: bool = False) -> torch.Tensor:
+def _deform(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``x`` (images or class probabilities) warped by the voxel field ``u`` (bilinear)."""
     from mmreg.methods.features.optimise import warp
 
     return warp(x, u, mode="bilinear")
