@@ -65,6 +65,7 @@ from mmreg.methods.registry import register_factory, settings_from_params
 __all__ = [
     "FeatureIOMethod",
     "FeatureIOSettings",
+    "fold_guard",
     "folding_percent",
     "pca_reduce",
     "unit_range",
@@ -190,6 +191,34 @@ def folding_percent(u: torch.Tensor) -> float:
     return float((torch.linalg.det(jac) <= 0).float().mean() * 100.0)
 
 
+def fold_guard(u: torch.Tensor, limit: float) -> tuple[torch.Tensor, int, float]:
+    """Smooth (then, if need be, shrink) the voxel field ``u`` until at most ``limit`` percent
+    of the voxels fold; returns the field, the passes made and the folding percent.
+
+    Example:
+        >>> u = torch.zeros(1, 2, 16, 16)
+        >>> u[0, 0, 8, 8] = 5.0  # one voxel jumping past its neighbours folds
+        >>> folding_percent(u) > 0
+        True
+        >>> v, passes, folding = fold_guard(u, 0.0)
+        >>> passes > 0, folding
+        (True, 0.0)
+    """
+    folding = folding_percent(u)
+    passes = 0
+    while folding > limit and passes < MAX_GUARD_PASSES:
+        u = smooth_field(u)
+        passes += 1
+        folding = folding_percent(u)
+    # Smoothing cannot undo a grossly wrong field; a shorter one folds less, and
+    # the identity never folds.
+    while folding > limit:
+        u = 0.5 * u
+        passes += 1
+        folding = folding_percent(u) if float(u.abs().max()) > 1e-3 else 0.0
+    return u, passes, folding
+
+
 def _field_to_world(u: torch.Tensor, image: Image) -> np.ndarray:
     """Voxel displacements ``(1, ndim, *sp)`` -> RAS mm vectors ``(*sp, 3)``."""
     ndim = image.ndim
@@ -287,7 +316,7 @@ class FeatureIOMethod(BaseMethod):
                 if self.reduce is not None:
                     feat_f, feat_m = self.reduce(feat_f, feat_m)
             u = self._optimise(feat_f, feat_m, seed)
-            u, passes, folding = self._guard(u)
+            u, passes, folding = fold_guard(u, self.settings.max_folding)
         finally:
             torch.set_num_threads(previous)
         field = Transform.from_field(fixed.grid, _field_to_world(u, fixed))
@@ -309,23 +338,6 @@ class FeatureIOMethod(BaseMethod):
         if s.opt == "both":
             u = multilevel_adam(feat_f, feat_m, multilevel, initial=u)
         return u
-
-    def _guard(self, u: torch.Tensor) -> tuple[torch.Tensor, int, float]:
-        """Smooth (then, if need be, shrink) the field until it folds little enough."""
-        limit = self.settings.max_folding
-        folding = folding_percent(u)
-        passes = 0
-        while folding > limit and passes < MAX_GUARD_PASSES:
-            u = smooth_field(u)
-            passes += 1
-            folding = folding_percent(u)
-        # Smoothing cannot undo a grossly wrong field; a shorter one folds less, and
-        # the identity never folds.
-        while folding > limit:
-            u = 0.5 * u
-            passes += 1
-            folding = folding_percent(u) if float(u.abs().max()) > 1e-3 else 0.0
-        return u, passes, folding
 
 
 # ---------------------------------------------------------------- the two methods

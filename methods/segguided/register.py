@@ -11,11 +11,11 @@ since the method learns the user's own anatomy and labels):
 3. The registration U-Net maps both probability maps to a displacement field;
    ``refine`` Adam steps then raise the soft Dice of the two maps further (0: the
    network alone), with a diffusion penalty ``lambda_reg``.
-4. Folding guard as ``mind-io``'s: smoothing while more than ``max_folding`` percent of
-   the voxels fold.
+4. Folding guard, ``mind-io``'s (:func:`~mmreg.methods.features.register.fold_guard`):
+   smoothing, then shrinking, while more than ``max_folding`` percent of the voxels fold.
 
-The result is ``x -> initial(x + u(x))``; extras hold the folding percentage and the
-segmentations' class volumes. Each image's predicted segmentation (on its own grid) is
+The result is ``x -> initial(x + u(x))``; extras hold the folding percentage and the label
+groups of the classes. Each image's predicted segmentation (on its own grid) is
 returned in ``RegistrationResult.label_maps`` and written by the participant level as
 ``..._space-<mod>_desc-segguided_dseg.nii.gz``.
 """
@@ -144,8 +144,7 @@ class SegGuidedMethod(BaseMethod):
         device: str,
         threads: int,
     ) -> tuple[Transform, dict[str, Any]]:
-        from mmreg.methods.features.optimise import smooth_field
-        from mmreg.methods.features.register import folding_percent
+        from mmreg.methods.features.register import fold_guard
 
         config = self.nets.config
         if fixed.ndim != config.ndim:
@@ -169,10 +168,7 @@ class SegGuidedMethod(BaseMethod):
                         mind_ssc(unit_tensor(resampled.data)),
                     )
                 u = _refine(u, p_f, p_m, self.settings, seed, features)
-            folding, passes = folding_percent(u), 0
-            while folding > self.settings.max_folding and passes < 20:
-                u, passes = smooth_field(u), passes + 1
-                folding = folding_percent(u)
+            u, passes, folding = fold_guard(u, self.settings.max_folding)
             self.label_maps = {
                 "fixed": self._segment_own(fixed, fixed_side=True),
                 "moving": self._segment_own(moving, fixed_side=False),

@@ -332,22 +332,28 @@ def _time_limit(settings: SegGuidedTrainSettings) -> float | None:
     return settings.max_minutes * 60 if settings.max_minutes > 0 else None
 
 
+#: What each trained stage's progress bar says.
+_BARS = {2: "stage 2/4 S_S", 3: "stage 3/4 CycleGAN", 4: "stage 4/4 registration"}
+
+
 def _fit(
     module: torch.nn.Module,
     optimiser: torch.optim.Optimizer,
     step: Callable[[int], Mapping[str, float]],
     validate: Callable[[], Mapping[str, float]],
     *,
-    steps: int,
+    stage: int,
     settings: SegGuidedTrainSettings,
-    state: Path,
+    out: Path,
     fingerprint: str,
     generator: torch.Generator,
     progress: bool,
-    desc: str,
-) -> Any:
+) -> dict[str, Any]:
+    """One trained stage (2-4) on the shared engine; its best weights and history."""
     from mmreg.training import fit
 
+    steps = (settings.source_steps, settings.adapt_steps, settings.register_steps)[stage - 2]
+    state = out.with_name(f"{out.name}.stage{stage}.state")
     best = fit(
         module,
         optimiser,
@@ -361,12 +367,12 @@ def _fit(
         fingerprint={"stage": fingerprint},
         generator=generator,
         log=LOG,
-        desc=desc,
+        desc=_BARS[stage],
         time_limit_s=_time_limit(settings),
     )
     best.restore()
     state.unlink(missing_ok=True)
-    return best
+    return {"state": best.state, "history": best.history}
 
 
 # ---------------------------------------------------------------- stage 1
@@ -476,20 +482,18 @@ def stage_source(
         ]
         return {"score": float(np.mean(scores)), "val_dice": float(np.mean(scores))}
 
-    best = _fit(
+    return _fit(
         net,
         optimiser,
         step,
         validate,
-        steps=settings.source_steps,
+        stage=2,
         settings=settings,
-        state=out.with_name(out.name + ".stage2.state"),
+        out=out,
         fingerprint=fingerprint,
         generator=generator,
         progress=progress,
-        desc="stage 2/4 S_S",
     )
-    return {"state": best.state, "history": best.history}
 
 
 def _onehot_pred(logits: torch.Tensor) -> torch.Tensor:
@@ -610,20 +614,18 @@ def stage_adapt(
         ]
         return {"score": float(np.mean(agree)), "val_agreement": float(np.mean(agree))}
 
-    best = _fit(
+    return _fit(
         module,
         optimiser,
         step,
         validate,
-        steps=settings.adapt_steps,
+        stage=3,
         settings=settings,
-        state=out.with_name(out.name + ".stage3.state"),
+        out=out,
         fingerprint=fingerprint,
         generator=generator,
         progress=progress,
-        desc="stage 3/4 CycleGAN",
     )
-    return {"state": best.state, "history": best.history}
 
 
 # ---------------------------------------------------------------- stage 4
@@ -726,20 +728,18 @@ def stage_register(
             "val_folding_pct": float(np.mean(folds)),
         }
 
-    best = _fit(
+    return _fit(
         net,
         optimiser,
         step,
         validate,
-        steps=settings.register_steps,
+        stage=4,
         settings=settings,
-        state=out.with_name(out.name + ".stage4.state"),
+        out=out,
         fingerprint=fingerprint,
         generator=generator,
         progress=progress,
-        desc="stage 4/4 registration",
     )
-    return {"state": best.state, "history": best.history}
 
 
 # ---------------------------------------------------------------- the command
