@@ -124,13 +124,11 @@ class SegGuidedMethod(BaseMethod):
         self.nets = nets
         self.settings = settings
 
-    def _segment_own(self, image: Image, *, fixed_side: bool) -> Image:
-        """The image's predicted classes on its own grid."""
-        config = self.nets.config
-        grid = working_grid(image.grid, config.shape, config.spacing)
-        prob = probabilities(self.nets, onto(image, grid).data, fixed_side=fixed_side)
+    def _label_map(self, prob: torch.Tensor, grid: Any, image: Image) -> Image:
+        """Probabilities on a working ``grid`` as a label map on ``image``'s own grid."""
         # Class k is written as the first ground-truth label of its group (class 0: 0).
-        lut = np.asarray([g[0] if k else 0 for k, g in enumerate(config.groups)], np.int32)
+        groups = self.nets.config.groups
+        lut = np.asarray([g[0] if k else 0 for k, g in enumerate(groups)], np.int32)
         classes = lut[labels_from_probabilities(prob).astype(np.int64)]
         return onto(Image(classes, grid.affine), image.grid, labels=True)
 
@@ -155,7 +153,8 @@ class SegGuidedMethod(BaseMethod):
         try:
             grid = working_grid(fixed.grid, config.shape, config.spacing)
             resampled = start.apply(moving, grid)
-            p_f = probabilities(self.nets, onto(fixed, grid).data, fixed_side=True)
+            fixed_w = onto(fixed, grid).data
+            p_f = probabilities(self.nets, fixed_w, fixed_side=True)
             p_m = probabilities(self.nets, resampled.data, fixed_side=False)
             u = predict_field(self.nets.reg, p_f, p_m)
             if self.settings.refine:
@@ -164,14 +163,18 @@ class SegGuidedMethod(BaseMethod):
                     from mmreg.methods.features.mind import mind_ssc
 
                     features = (
-                        mind_ssc(unit_tensor(onto(fixed, grid).data)),
+                        mind_ssc(unit_tensor(fixed_w)),
                         mind_ssc(unit_tensor(resampled.data)),
                     )
                 u = _refine(u, p_f, p_m, self.settings, seed, features)
             u, passes, folding = fold_guard(u, self.settings.max_folding)
+            # The moving image is also segmented on its own working grid, for its derivative.
+            own = working_grid(moving.grid, config.shape, config.spacing)
+            p_own = probabilities(self.nets, onto(moving, own).data, fixed_side=False)
             self.label_maps = {
-                "fixed": self._segment_own(fixed, fixed_side=True),
-                "moving": self._segment_own(moving, fixed_side=False),
+                # The fixed image's working grid is the one registered on: reuse p_f.
+                "fixed": self._label_map(p_f, grid, fixed),
+                "moving": self._label_map(p_own, own, moving),
             }
         finally:
             torch.set_num_threads(previous)
