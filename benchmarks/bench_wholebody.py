@@ -16,17 +16,21 @@ per image: the mean of the normalised channels (bone + tissue, fat + water), sin
 mutual information needs a scalar image.
 
 Retrieval and swap detection use the dense similarity of every DXA with every MR slice
-of the cohort; the swap threshold is calibrated (1% false alarms) on a separate
-calibration cohort (``--calibration-subjects``, seeds after the test seeds).
+of the cohort (CSLS-corrected, as the group level scores); the swap threshold is
+calibrated within the cohort itself (the group level's rule,
+:func:`mmreg.methods.contrastive.matching.impostor_threshold`), and swaps are injected
+to measure it (``swap.csv``: that rule, the best-match rule and, with
+``--calibration-subjects``, the old threshold from 1 % of a second cohort's true pairs;
+``swap_curve.csv``/``swap_curve_dense.png``: caught against false alarms over alpha).
 
 Outputs in ``--out``: ``table1.csv`` (per method: median, mean and sd of the error in
 cm for HJ, S1, SJ and all points; CPU time), ``keypoints.csv`` (every point),
 ``matching.csv`` (per query), ``retrieval.csv`` (recall@K, ROC AUC, EER, ...),
-``swap.csv``, ``roc.csv``, ``recall.csv`` and ``matching.png``.
+``swap.csv``, ``swap_curve.csv``, ``roc.csv``, ``recall.csv`` and ``matching.png``.
 
 Usage::
 
-    # Table 1 on 60 unseen subjects (seeds 1000..1059), calibration on 30 more:
+    # Table 1, matching and swap detection on 60 unseen subjects (seeds 1000..1059):
     python benchmarks/bench_wholebody.py run --seed 1000 --subjects 60 --out bench-wb
     # The shipped weights (see docs/contrastive.md):
     python benchmarks/bench_wholebody.py train --seed 20000000 --subjects 240 \\
@@ -50,7 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mmreg.bids_app.group_matching import CSLS_K
+from mmreg.bids_app.group_matching import CSLS_K, MATCH_ANGLES
 from mmreg.bids_app.landmark_groups import LANDMARK_GROUPS
 from mmreg.imaging.image import Image
 
@@ -187,6 +191,7 @@ def register_all(
     from tqdm.auto import tqdm
 
     from mmreg.methods import get_method
+    from mmreg.pipeline import method_columns
 
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
@@ -217,7 +222,10 @@ def register_all(
                 # fixed = MR: the transform maps MR points to DXA points; invert (rigid).
                 mapped_inv = np.linalg.inv(result.transform.as_affine())
                 mapped = points @ mapped_inv[:3, :3].T + mapped_inv[:3, 3]
-            rows += keypoint_rows(pair, name, mapped, cpu)
+            fallback = method_columns(result.extras).get("salient_fallback", np.nan)
+            rows += [
+                {**r, "salient_fallback": fallback} for r in keypoint_rows(pair, name, mapped, cpu)
+            ]
     return pd.DataFrame(rows), failures
 
 
@@ -237,6 +245,11 @@ def table1(keypoints: pd.DataFrame) -> pd.DataFrame:
             row[f"{name}_sd_cm"] = float(e.std(ddof=1)) if len(e) > 1 else 0.0
         per_pair = group.drop_duplicates("subject")["cpu_s"]
         row["cpu_s_median"] = float(per_pair.median())
+        if "salient_fallback" in group and group["salient_fallback"].notna().any():
+            # Share of subjects on which contrastive-salient fell back to dense.
+            row["salient_fallback_share"] = float(
+                group.drop_duplicates("subject")["salient_fallback"].mean()
+            )
         row["cpu_s_mean"] = float(per_pair.mean())
         out.append(row)
     table = pd.DataFrame(out)
@@ -256,6 +269,7 @@ def matching(
     label: str = "dense",
     angles: tuple[float, ...] = (0.0,),
     hubness: bool = True,
+    alpha: float | None = None,
 ) -> dict[str, Any]:
     """Retrieval, verification and swap detection with one contrastive model."""
     from mmreg.methods.contrastive import matching as mt
@@ -263,6 +277,7 @@ def matching(
     from mmreg.methods.contrastive.features import load_model, prepare, similarity_matrix
 
     model, _ = load_model(model_path)
+    alpha = mt.SWAP_ALPHA if alpha is None else alpha
 
     def sims(cohort: list[WholeBodyPair]) -> np.ndarray:
         return similarity_matrix(
@@ -277,12 +292,8 @@ def matching(
     raw_summary = mt.summarize(s, subjects)
     if hubness:  # as the group level scores (cross-domain similarity local scaling)
         s = mt.csls(s, k=CSLS_K)
-    threshold = None
-    if calibration:
-        cal = sims(calibration)
-        cal = mt.csls(cal, k=CSLS_K) if hubness else cal
-        genuine_cal, _ = mt.true_pair_scores(cal, [p.subject for p in calibration])
-        threshold = mt.calibrate_threshold(genuine_cal, 0.01)
+    # The group level's rule: a threshold calibrated within the cohort itself.
+    threshold = mt.impostor_threshold(s, subjects, alpha=alpha)
     table = mt.match_table(s, subjects, threshold=threshold)
     table.insert(0, "model", label)
     summary = mt.summarize(s, subjects)
@@ -290,7 +301,25 @@ def matching(
     summary["score"] = f"csls-{CSLS_K}" if hubness else "raw"
     summary["raw_recall_at_1"] = float(raw_summary["recall_at_1"].iloc[0])
     summary["raw_tpr_at_fpr_1pct"] = float(raw_summary["tpr_at_fpr_1pct"].iloc[0])
-    swap = mt.swap_experiment(s, subjects, n_swaps, threshold=threshold, trials=200, seed=0)
+    swaps = [
+        {"rule": f"within-cohort alpha={alpha:g}"}
+        | mt.swap_experiment(s, subjects, n_swaps, alpha=alpha, trials=200, seed=0).as_dict(),
+        {"rule": "best match"}
+        | mt.swap_experiment(s, subjects, n_swaps, trials=200, seed=0).as_dict(),
+    ]
+    if calibration:  # the old rule: 1 % of a second cohort's true pairs
+        cal = sims(calibration)
+        cal = mt.csls(cal, k=CSLS_K) if hubness else cal
+        genuine_cal, _ = mt.true_pair_scores(cal, [p.subject for p in calibration])
+        fixed = mt.calibrate_threshold(genuine_cal, 0.01)
+        swaps.append(
+            {"rule": "second-cohort 1 %"}
+            | mt.swap_experiment(s, subjects, n_swaps, threshold=fixed, trials=200).as_dict()
+        )
+    curve = mt.swap_curve(s, subjects, n_swaps, trials=200, seed=0)
+    (out / f"swap_curve_{label}.png").write_bytes(
+        mt.swap_figure_png(curve, alpha=alpha, n_swaps=n_swaps)
+    )
     genuine, impostor = mt.true_pair_scores(s, subjects)
     roc = mt.roc_curve(genuine, impostor)
     recall = mt.recall_curve(table, 10)
@@ -298,7 +327,8 @@ def matching(
     return {
         "table": table,
         "summary": summary,
-        "swap": pd.DataFrame([{"model": label, **swap.as_dict()}]),
+        "swap": pd.DataFrame(swaps).assign(model=label),
+        "swap_curve": curve.assign(model=label),
         "roc": roc.assign(model=label),
         "recall": recall.assign(model=label),
     }
@@ -344,6 +374,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ("table", "matching.csv"),
         ("summary", "retrieval.csv"),
         ("swap", "swap.csv"),
+        ("swap_curve", "swap_curve.csv"),
         ("roc", "roc.csv"),
         ("recall", "recall.csv"),
     ):
@@ -411,7 +442,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     encoder_path = out_dir / f"{args.prefix}contrastive.pt"
     if not args.skip_encoder:
         settings = ContrastiveTrainSettings(
-            epochs=args.epochs, pooling=args.pooling, seed=args.train_seed
+            epochs=args.epochs,
+            pooling=args.pooling,
+            seed=args.train_seed,
+            spacing_mm=args.spacing_mm,
+            learning_rate=args.lr,
+            softness=args.softness,
+            init=str(args.init.resolve()) if args.init else "",
         )
         start = time.perf_counter()
         model, summary = fit_contrastive(images, settings, device=args.device)
@@ -422,9 +459,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"wrote {encoder_path} in {timings['contrastive_s']} s")
     if args.pooling == "dense" and not args.skip_refine:
         model, checkpoint = load_model(encoder_path)
-        settings_r = RefineTrainSettings(epochs=args.refine_epochs, seed=args.train_seed, width=48)
+        given = args.refine_reference == "truth"
+        settings_r = RefineTrainSettings(
+            epochs=args.refine_epochs,
+            seed=args.train_seed,
+            width=48,
+            reference="sitk-rigid" if given else args.refine_reference,
+        )
+        # The phantom's true DXA->MR-slice map (in the plane) as the reference alignment.
+        truths = [p.truth[np.ix_([0, 1, 3], [0, 1, 3])] for p in pairs] if given else None
         start = time.perf_counter()
-        regressor, summary_r = fit_refine(model, images, settings_r, device=args.device)
+        regressor, summary_r = fit_refine(
+            model, images, settings_r, device=args.device, references=truths
+        )
         timings["refine_s"] = round(time.perf_counter() - start, 1)
         summary_r["phantom_seeds"] = [args.seed, args.seed + args.subjects - 1]
         summary_r["command"] = " ".join(sys.argv)
@@ -442,12 +489,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, required=True)
     run.add_argument("--seed", type=int, default=1000, help="first phantom seed (test cohort)")
     run.add_argument("--subjects", type=int, default=60)
-    run.add_argument("--calibration-subjects", type=int, default=60)
+    run.add_argument(
+        "--calibration-subjects",
+        type=int,
+        default=0,
+        help="a second cohort for the old swap rule (1 %% of its true pairs), for comparison",
+    )
     run.add_argument("--methods", default=DEFAULT_METHODS)
     run.add_argument("--fixed", choices=("dxa", "mr"), default="dxa")
     run.add_argument("--swaps", type=int, default=5, help="swapped pairs per trial")
     run.add_argument(
-        "--match-angles", default="0", help="MR rotations (deg) searched for matching, e.g. -4,0,4"
+        "--match-angles",
+        default=",".join(f"{a:g}" for a in MATCH_ANGLES),
+        help="MR rotations (deg) searched for matching (default: the group level's; 0: "
+        "the paper's shifts only)",
     )
     run.add_argument(
         "--raw-scores", action="store_true", help="match on raw similarities (no CSLS)"
@@ -464,10 +519,22 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--subjects", type=int, default=240)
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--refine-epochs", type=int, default=300)
+    train.add_argument("--spacing-mm", type=float, default=2.2, help="encoder grid (mm)")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--softness", type=float, default=0.02)
+    train.add_argument(
+        "--init", type=Path, default=None, help="contrastive checkpoint to start from"
+    )
     train.add_argument("--pooling", choices=("dense", "global"), default="dense")
     train.add_argument("--train-seed", type=int, default=0)
     train.add_argument("--skip-encoder", action="store_true", help="reuse OUT_DIR's encoder")
     train.add_argument("--skip-refine", action="store_true")
+    train.add_argument(
+        "--refine-reference",
+        choices=("truth", "sitk-rigid", "salient"),
+        default="truth",
+        help="alignment the refine perturbations are made around (truth: the phantom's)",
+    )
     train.add_argument("--device", default="cpu")
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--cache", type=Path, default=None)

@@ -47,6 +47,11 @@ _STATIC: dict[str, tuple[str, str | None]] = {
         "Percentage of fixed-grid voxels where the map folds (Jacobian determinant <= 0)",
         "%",
     ),
+    "salient_fallback": (
+        "1 when contrastive-salient found too few inlier matches and used the dense estimate, "
+        "else 0 (its mean over the group: the share of subjects that fell back)",
+        None,
+    ),
     "fixed_image": ("The fixed image, as a BIDS URI into the input dataset (bids:raw:...)", None),
     "moving_image": ("The moving image, as a BIDS URI into the input dataset", None),
     "warped": ("Warped moving image, relative to the derivatives folder", None),

@@ -66,6 +66,9 @@ Cross-modality registration results written by mmreg {version}.
 - `sub-<label>/anat/*_from-<moving>_to-<fixed>_space-<image>_desc-<method>_keypoints.tsv`:
   for keypoint methods (KeyMorph), the keypoints found on each image, in that image's
   world coordinates (RAS mm, columns `name, x, y, z`; row k of both files correspond).
+- `sub-<label>/anat/*_desc-midcoronal_<suffix>.nii.gz`: for 2D/3D pairs
+  (`--coronal-slice`), the 3D image's mid-coronal slice along the spine that the 2D
+  image was registered to, one file per Dixon channel; the sidecar holds the surface.
 - `sub-<label>/sub-<label>_evaluation.csv`: accuracy and runtime per pair and method.
 - `sub-<label>.html`: the subject's report (tables, plots, every alignment figure).
 - `group/`: all rows, a per-method summary and `report.html`; with landmarks,
@@ -176,6 +179,8 @@ def write_pair_outputs(
                 **common,
             }
             atomic_write_text(_sidecar(folder / name), json.dumps(meta, indent=2) + "\n")
+    if row.get("_midcoronal"):
+        write_midcoronal(folder, pair, row["_midcoronal"], common)
     groups = (row.get("extras") or {}).get("label_groups") or []
     for side, path in (row.get("_label_maps") or {}).items():
         _write_predicted_dseg(folder, pair, side, Path(path), common, groups)
@@ -184,6 +189,49 @@ def write_pair_outputs(
         "warped": warped.relative_to(output_dir).as_posix(),
         "transform": xfm.relative_to(output_dir).as_posix(),
     }
+
+
+def write_midcoronal(
+    folder: Path, pair: dict[str, Any], record: dict[str, Any], common: dict[str, Any]
+) -> list[Path]:
+    """The mid-coronal slice a 2D image was registered to, one file per channel of the 3D
+    image (``naming.midcoronal_name``), with a sidecar holding the sampled spine path.
+
+    The same slice serves every method of the pair; it is written once (a file already
+    there from this run's first method is left as it is).
+    """
+    side = record["side"]
+    path_info = json.loads(Path(record["path"]).read_text()) if record.get("path") else {}
+    written = []
+    for channel in record.get("channels", []):
+        target = folder / naming.midcoronal_name(Path(channel["source"]).name)
+        sidecar = _sidecar(target)
+        if target.is_file() and sidecar.is_file():
+            written.append(target)
+            continue
+        atomic_copy(channel["file"], target)
+        meta = {
+            "Description": "Mid-coronal slice of the 3D image along its spine, the 2D image "
+            f"the {pair[f'{_other(side)}_label']} image was registered to (before any "
+            "intensity preprocessing)",
+            "Sources": [
+                naming.bids_uri(c["source"], pair.get("bids_dir")) for c in record["channels"]
+            ],
+            "SpatialReference": "2D: x is the volume's x (left-right), y its z "
+            "(superior-inferior), world mm",
+            "FoundSpine": bool(path_info.get("found_spine", False)),
+            "SurfaceZmm": path_info.get("z_mm", []),
+            "SurfaceYmm": path_info.get("y_mm", []),
+            "SliceSettings": path_info.get("settings", {}),
+            "GeneratedBy": common["GeneratedBy"],
+        }
+        atomic_write_text(sidecar, json.dumps(meta, indent=2) + "\n")
+        written.append(target)
+    return written
+
+
+def _other(side: str) -> str:
+    return "moving" if side == "fixed" else "fixed"
 
 
 def _write_predicted_dseg(

@@ -328,7 +328,13 @@ def _matching(
     )
 
     try:
-        result = run_matching(df, bids_dir=bids_dir, model=models.get(FAMILY), device=device)
+        result = run_matching(
+            df,
+            bids_dir=bids_dir,
+            model=models.get(FAMILY),
+            device=device,
+            output_dir=group_dir.parent,
+        )
         if result is None:
             return []
         paths.update(write_matching(result, group_dir))

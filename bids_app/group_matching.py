@@ -12,11 +12,18 @@ MR slice (Windsor et al. 2021, section 3.2), and
   each MR slice against all DXAs; columns
   :data:`~mmreg.methods.contrastive.matching.MATCH_COLUMNS`): the rank of the true
   partner and its similarity, the best-matching subject, and ``swap_suspected`` when
-  that is another subject;
+  the claimed pair is not more similar than unrelated subjects' scans: its score is
+  below the top ``alpha`` (:data:`~mmreg.methods.contrastive.matching.SWAP_ALPHA`) of
+  the cohort's own N(N-1) different-subject scores (calibrated within the cohort, no
+  second cohort needed; with fewer than ``1 / alpha`` such scores, when its best match
+  is another subject);
+- ``group/swap_detection.csv``: caught against false alarms of that rule over a range
+  of ``alpha``, from swaps injected into the cohort (assuming its labels are right);
 - ``group/matching_summary.csv``: one row, recall@1/5/10, mean rank, ROC AUC, equal
   error rate and TPR at 1% FPR of true pairs against impostor pairs
   (:data:`~mmreg.methods.contrastive.matching.SUMMARY_COLUMNS`);
-- a report section with the ROC and recall@K curves and the suspected swaps.
+- a report section with the ROC and recall@K curves, the swap-detection curve and the
+  suspected swaps.
 
 The scans are exactly the participant level's pairs: the ``fixed_image`` and
 ``moving_image`` paths of the evaluation rows (found in ``BIDS_DIR`` by their labels
@@ -56,6 +63,7 @@ __all__ = [
     "matching_section",
     "run_matching",
     "summarise_matching",
+    "swap_detection_curve",
     "write_matching",
 ]
 
@@ -65,6 +73,13 @@ LOGGER = logging.getLogger("mmreg.group")
 FAMILY = "contrastive"
 #: Neighbours of the cross-domain similarity local scaling of the matching scores.
 CSLS_K = 10
+#: MR rotations (degrees) searched when scoring a pair: scans of one subject differ by a
+#: few degrees in the coronal plane. On 60 unseen phantoms (CSLS) recall@1 0.825 -> 0.917,
+#: TPR at 1 % FPR 0.867 -> 0.967 against the paper's shifts-only (0,) (docs/contrastive.md).
+MATCH_ANGLES = (-4.0, -2.0, 0.0, 2.0, 4.0)
+
+#: Columns the group level adds to the matching summary (the swap rule and its outcome).
+SWAP_SUMMARY_COLUMNS = ("swap_alpha", "swap_threshold", "n_swaps_suspected")
 
 #: Number format of the CSVs (as the other group tables).
 FLOAT_FORMAT = "%.6g"
@@ -102,6 +117,9 @@ class MatchingResult:
         recall: Recall@K (``k, recall``).
         left_out: Key -> why that subject is not in the matrix.
         model: The weights file.
+        swap_threshold: The within-cohort threshold (``None``: too few subjects; the
+            best-match rule decided).
+        swap_curve: Caught against false alarms over ``alpha`` (injected swaps).
     """
 
     dxa_label: str
@@ -114,6 +132,8 @@ class MatchingResult:
     recall: pd.DataFrame
     left_out: dict[str, str] = field(default_factory=dict)
     model: str = ""
+    swap_threshold: float | None = None
+    swap_curve: pd.DataFrame | None = None
 
 
 # --- which scans --------------------------------------------------------------------------------
@@ -208,57 +228,109 @@ def find_scan_pairs(df: pd.DataFrame, bids_dir: Path | None = None) -> ScanSet |
     return found[0]
 
 
+def derived_slices(scan: ScanPair, output_dir: Path | None) -> list[Path] | None:
+    """The participant level's mid-coronal slice files of the scan's 3D image (one per
+    Dixon channel, own channel first), or ``None`` when any is missing."""
+    from mmreg.bids_app.naming import midcoronal_name, subject_dir
+    from mmreg.imaging.planar import dixon_channels
+
+    if output_dir is None:
+        return None
+    subject, _, session = scan.key.partition("_ses-")
+    folder = Path(output_dir) / subject_dir(subject, session or None)
+    sources, _ = dixon_channels(scan.volume)
+    files = [folder / midcoronal_name(source.name) for source in sources]
+    return files if all(f.is_file() for f in files) else None
+
+
 def _load_scan(
-    scan: ScanPair, dxa_channels: int, mr_channels: int
-) -> tuple[ChannelImage, ChannelImage]:
+    scan: ScanPair, dxa_channels: int, mr_channels: int, output_dir: Path | None = None
+) -> tuple[ChannelImage, ChannelImage, bool]:
     """The scan's prepared DXA and MR-slice channel images, as the participant level loads
     them (:func:`mmreg.pipeline.load_pair`: the MR's mid-coronal slice, channel siblings).
+
+    The slice the participant level wrote (``*_desc-midcoronal_*``, see
+    :func:`derived_slices`) is read rather than synthesised again; the last value says
+    whether it was.
 
     Raises:
         InputError: For an unreadable image, or channels the encoder does not read.
     """
     from mmreg.errors import InputError
+    from mmreg.imaging.image import load_image
+    from mmreg.imaging.planar import load_planar
     from mmreg.methods.contrastive.data import as_channels
     from mmreg.methods.contrastive.features import prepare
     from mmreg.pipeline import load_pair
 
-    paths = (scan.planar, scan.volume) if scan.planar_is_fixed else (scan.volume, scan.planar)
-    pair = load_pair(str(paths[0]), str(paths[1]), coronal_slice=True)
-    fixed, moving = as_channels(pair.fixed), as_channels(pair.moving)
-    dxa, mr = (fixed, moving) if scan.planar_is_fixed else (moving, fixed)
+    files = derived_slices(scan, output_dir)
+    if files is not None:
+        dxa = as_channels(load_planar(scan.planar))
+        mr = as_channels([load_image(f) for f in files])
+    else:
+        paths = (scan.planar, scan.volume) if scan.planar_is_fixed else (scan.volume, scan.planar)
+        pair = load_pair(str(paths[0]), str(paths[1]), coronal_slice=True)
+        fixed, moving = as_channels(pair.fixed), as_channels(pair.moving)
+        dxa, mr = (fixed, moving) if scan.planar_is_fixed else (moving, fixed)
     for name, image, expected in (("DXA", dxa, dxa_channels), ("MR", mr, mr_channels)):
         if image.channels != expected:
             raise InputError(
                 f"the contrastive {name} encoder reads {expected} channel(s); the scan has "
                 f"{image.channels} (channel siblings: rec-bone/rec-tissue, rec-fat/rec-water)"
             )
-    return prepare(dxa), prepare(mr)
+    return prepare(dxa), prepare(mr), files is not None
 
 
 # --- matching -----------------------------------------------------------------------------------
 
 
 def summarise_matching(
-    similarity: np.ndarray, subjects: Sequence[str]
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per-query table, one-row summary, ROC and recall@K of a similarity matrix.
+    similarity: np.ndarray, subjects: Sequence[str], *, alpha: float | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, float | None]:
+    """Per-query table, one-row summary, ROC, recall@K and swap threshold of a matrix.
 
     Args:
         similarity: ``(N, N)`` similarities of DXA ``a`` (rows) and MR ``b`` (columns),
             subject ``k`` at row and column ``k``; ``N >= 2``.
         subjects: The N keys.
+        alpha: Level of the within-cohort swap test (default
+            :data:`~mmreg.methods.contrastive.matching.SWAP_ALPHA`).
 
     Returns:
-        ``(table, summary, roc, recall)``; recall@K for K up to ``min(N, 10)``.
+        ``(table, summary, roc, recall, threshold)``; recall@K for K up to
+        ``min(N, 10)``; ``threshold`` is ``None`` when the cohort has fewer than
+        ``1 / alpha`` different-subject pairs (then the best-match rule flags swaps).
+        The summary gains ``swap_alpha``, ``swap_threshold`` and ``n_swaps_suspected``.
     """
     from mmreg.methods.contrastive import matching as mt
 
-    table = mt.match_table(similarity, subjects)
+    alpha = mt.SWAP_ALPHA if alpha is None else alpha
+    n = len(subjects)
+    threshold = None
+    if n * (n - 1) * alpha >= 1.0:
+        threshold = mt.impostor_threshold(similarity, subjects, alpha=alpha)
+    table = mt.match_table(similarity, subjects, threshold=threshold)
     summary = mt.summarize(similarity, subjects)
+    summary[SWAP_SUMMARY_COLUMNS[0]] = alpha if threshold is not None else np.nan
+    summary[SWAP_SUMMARY_COLUMNS[1]] = threshold if threshold is not None else np.nan
+    # Subjects with either scan flagged.
+    flagged = table.loc[table["swap_suspected"].astype(bool), "query_subject"]
+    summary[SWAP_SUMMARY_COLUMNS[2]] = int(flagged.nunique())
     genuine, impostor = mt.true_pair_scores(similarity, subjects)
     roc = mt.roc_curve(genuine, impostor)
     recall = mt.recall_curve(table, min(len(subjects), 10))
-    return table, summary, roc, recall
+    return table, summary, roc, recall, threshold
+
+
+def swap_detection_curve(similarity: np.ndarray, subjects: Sequence[str]) -> pd.DataFrame:
+    """Caught against false alarms of the within-cohort rule over ``alpha``, from swaps
+    injected into this cohort (1 swapped pair per 12 subjects, at most 5; 100 trials)."""
+    from mmreg.methods.contrastive.matching import swap_curve
+
+    n_inject = max(1, min(len(subjects) // 12, 5))
+    curve = swap_curve(similarity, subjects, n_inject, trials=100, seed=0)
+    curve.insert(0, "swaps_per_trial", n_inject)
+    return curve
 
 
 def run_matching(
@@ -267,6 +339,7 @@ def run_matching(
     bids_dir: Path | None = None,
     model: str | Path | None = None,
     device: str = "cpu",
+    output_dir: Path | None = None,
 ) -> MatchingResult | None:
     """Match the run's 2D and 3D scans across subjects with the contrastive encoder.
 
@@ -275,6 +348,8 @@ def run_matching(
         bids_dir: Input dataset, for rows without image paths.
         model: ``contrastive`` weights; ``None``: the shipped ones.
         device: ``auto``, ``cpu`` or ``cuda``.
+        output_dir: The derivatives dataset, whose mid-coronal slices are read instead of
+            synthesised again.
 
     Returns:
         The result, or ``None`` (with a log line saying why) when there is nothing to
@@ -312,6 +387,7 @@ def run_matching(
         LOGGER.warning("subject matching skipped: %s", " ".join(str(exc).split()))
         return None
     keys, dxa, mr, left_out = [], [], [], dict(found.missing)
+    reused = 0
     for key, reason in found.missing.items():
         LOGGER.warning("subject matching: sub-%s left out: %s", key, reason)
     for scan in scans:
@@ -319,7 +395,9 @@ def run_matching(
             with warnings.catch_warnings():
                 # A slice without a spine is still a slice; the participant level said so.
                 warnings.simplefilter("ignore")
-                d, m = _load_scan(scan, encoder.config.dxa_channels, encoder.config.mr_channels)
+                d, m, derived = _load_scan(
+                    scan, encoder.config.dxa_channels, encoder.config.mr_channels, output_dir
+                )
         except Exception as exc:  # one subject's bad data must not stop the group level
             reason = " ".join(str(exc).split()) or type(exc).__name__
             LOGGER.warning("subject matching: sub-%s left out: %s", scan.key, reason)
@@ -328,41 +406,57 @@ def run_matching(
         keys.append(scan.key)
         dxa.append(d)
         mr.append(m)
+        reused += derived
     if len(keys) < 2:
         LOGGER.warning(
             "subject matching skipped: needs at least 2 subjects, %d readable", len(keys)
         )
         return None
-    raw = similarity_matrix(encoder, dxa, mr, device=device)
+    raw = similarity_matrix(encoder, dxa, mr, device=device, angles=MATCH_ANGLES)
     # Scores are hubness-corrected over the cohort (a scan resembling everyone stops
     # winning every query): recall@1 0.87 -> 0.92 on 60 phantom subjects.
     similarity = csls(raw, k=CSLS_K)
-    table, summary, roc, recall = summarise_matching(similarity, keys)
-    n_swaps = int(table["swap_suspected"].sum())
+    table, summary, roc, recall, threshold = summarise_matching(similarity, keys)
+    n_swaps = int(summary["n_swaps_suspected"].iloc[0])
+    curve = swap_detection_curve(similarity, keys) if threshold is not None else None
     LOGGER.info(
-        "subject matching: %d subjects, recall@1 %.3f, ROC AUC %.3f, %d suspected swap(s) "
-        "(%.1f s)",
+        "subject matching: %d subjects (%d slices read from the participant level), "
+        "recall@1 %.3f, ROC AUC %.3f, %d suspected swap(s) (%.1f s)",
         len(keys),
+        reused,
         float(summary["recall_at_1"].iloc[0]),
         float(summary["roc_auc"].iloc[0]),
         n_swaps,
         time.perf_counter() - start,
     )
     return MatchingResult(
-        dxa_label, mr_label, keys, similarity, table, summary, roc, recall, left_out, str(path)
+        dxa_label,
+        mr_label,
+        keys,
+        similarity,
+        table,
+        summary,
+        roc,
+        recall,
+        left_out,
+        str(path),
+        swap_threshold=threshold,
+        swap_curve=curve,
     )
 
 
 def write_matching(result: MatchingResult, group_dir: Path) -> dict[str, Path]:
-    """Write ``matching.csv`` and ``matching_summary.csv`` atomically; return their paths."""
+    """Write ``matching.csv``, ``matching_summary.csv`` and ``swap_detection.csv`` (when
+    there is a curve) atomically; return their paths."""
     paths = {
         "matching": Path(group_dir) / "matching.csv",
         "matching_summary": Path(group_dir) / "matching_summary.csv",
     }
-    for frame, path in (
-        (result.table, paths["matching"]),
-        (result.summary, paths["matching_summary"]),
-    ):
+    frames = [(result.table, paths["matching"]), (result.summary, paths["matching_summary"])]
+    if result.swap_curve is not None:
+        paths["swap_detection"] = Path(group_dir) / "swap_detection.csv"
+        frames.append((result.swap_curve, paths["swap_detection"]))
+    for frame, path in frames:
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
     return paths
@@ -379,6 +473,9 @@ _SUMMARY_HEADERS = {
     "roc_auc": "ROC AUC",
     "eer": "EER",
     "tpr_at_fpr_1pct": "TPR at 1% FPR",
+    "swap_alpha": "swap test level",
+    "swap_threshold": "swap threshold",
+    "n_swaps_suspected": "suspected swaps",
 }
 
 _SWAP_HEADERS = {
@@ -402,13 +499,23 @@ def matching_section(result: MatchingResult) -> str:
         f'<p class="meta">Every subject\'s {esc(result.dxa_label)} scored against every '
         f"subject's {esc(result.mr_label)} (its mid-coronal slice) by the contrastive encoder "
         f"(<code>{esc(Path(result.model).name)}</code>), {n} subjects; scores are the "
-        f"dense similarities after cross-domain similarity local scaling over the cohort "
+        f"dense similarities (best over MR rotations of {_angles_text()} degrees) after "
+        "cross-domain similarity local scaling over the cohort "
         f"({CSLS_K} neighbours), which stops a scan that resembles everyone from winning "
         "every query. A query's rank is the "
         "place of its own subject's scan of the other modality among all subjects' scans "
-        "(1: best); ROC: true pairs against all impostor pairs. A swap is suspected when "
-        "a scan's best match is another subject. Per query: "
-        "<code>group/matching.csv</code>.</p>",
+        "(1: best); ROC: true pairs against all impostor pairs. "
+        + (
+            "A swap is suspected when a subject's own pair scores below the top "
+            f"{100 * float(result.summary['swap_alpha'].iloc[0]):g} % of this cohort's "
+            f"{n * (n - 1)} pairs of different subjects (threshold "
+            f"{result.swap_threshold:.4f}): such a pair is no more alike than unrelated "
+            "subjects' scans. "
+            if result.swap_threshold is not None
+            else "Too few subjects for a within-cohort threshold: a swap is suspected when "
+            "a scan's best match is another subject. "
+        )
+        + "Per query: <code>group/matching.csv</code>.</p>",
         result.summary.rename(columns=_SUMMARY_HEADERS).to_html(
             index=False, escape=True, border=0, float_format=lambda v: f"{v:.3f}"
         ),
@@ -422,10 +529,12 @@ def matching_section(result: MatchingResult) -> str:
         )
     except Exception as exc:  # a plot is never worth losing the report
         LOGGER.warning("matching figure failed: %s", exc)
+    if result.swap_curve is not None:
+        parts.append(_swap_curve_html(result))
     swaps = result.table[result.table["swap_suspected"].astype(bool)]
     parts.append(f"<h3>Suspected swaps ({len(swaps)})</h3>")
     if swaps.empty:
-        parts.append("<p>Every scan's best match is its own subject.</p>")
+        parts.append("<p>No subject's pair looks like a swap.</p>")
     else:
         shown = swaps[list(_SWAP_HEADERS)].copy()
         shown["query_modality"] = np.where(
@@ -441,4 +550,36 @@ def matching_section(result: MatchingResult) -> str:
             f"<li>sub-{esc(k)}: {esc(v)}</li>" for k, v in sorted(result.left_out.items())
         )
         parts.append(f"<p>Left out of the matrix:</p><ul>{items}</ul>")
+    return "\n".join(parts)
+
+
+def _angles_text() -> str:
+    return ", ".join(f"{a:g}" for a in MATCH_ANGLES)
+
+
+def _swap_curve_html(result: MatchingResult) -> str:
+    """Caught against false alarms from swaps injected into this cohort (figure + table)."""
+    from mmreg.bids_app.report import data_uri
+    from mmreg.methods.contrastive.matching import swap_figure_png
+
+    curve = result.swap_curve
+    assert curve is not None
+    alpha = float(result.summary["swap_alpha"].iloc[0])
+    k = int(curve["swaps_per_trial"].iloc[0])
+    parts = [
+        f'<p class="meta">How well this rule would catch swaps here: {k} pair(s) of subjects '
+        "exchange their scans at random (100 trials) and the threshold is recomputed on the "
+        "swapped cohort; caught: swapped subjects flagged; false alarms: correctly "
+        "labelled subjects flagged (assumes the cohort's own labels are right). "
+        "<code>group/swap_detection.csv</code>.</p>"
+    ]
+    try:
+        png = swap_figure_png(curve, alpha=alpha, n_swaps=k)
+        caption = "Injected swaps: caught against false alarms over the test level alpha"
+        parts.append(
+            f'<div class="figs"><figure><img src="{data_uri(png)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure></div>"
+        )
+    except Exception as exc:  # a plot is never worth losing the report
+        LOGGER.warning("swap-detection figure failed: %s", exc)
     return "\n".join(parts)

@@ -211,6 +211,28 @@ def dseg_name(subject: str, session: str | None, fixed: str, moving: str, space:
     )
 
 
+def midcoronal_name(source: str) -> str:
+    """The mid-coronal slice derivative of a 3D image: ``desc-midcoronal`` before its suffix.
+
+    The 2D slice the participant level registered a 2D image (a DXA) to, synthesised
+    along the spine of the 3D image (``--coronal-slice``); one file per Dixon channel.
+    An existing ``desc`` entity is replaced.
+
+    Example:
+        >>> midcoronal_name("sub-01_acq-dixon_rec-fat_T1w.nii.gz")
+        'sub-01_acq-dixon_rec-fat_desc-midcoronal_T1w.nii.gz'
+        >>> midcoronal_name("sub-01_ses-2_desc-x_T1w.nii")
+        'sub-01_ses-2_desc-midcoronal_T1w.nii.gz'
+    """
+    name = Path(source).name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name.rsplit(".", 1)[0]
+    parts = stem.split("_")
+    if len(parts) < 2 or "-" in parts[-1]:
+        raise ValueError(f"{name}: not a BIDS file name with a suffix")
+    entities = [e for e in parts[:-1] if not e.startswith("desc-")]
+    return "_".join([*entities, "desc-midcoronal", parts[-1]]) + ".nii.gz"
+
+
 def pair_id(subject: str, session: str | None, fixed: str, moving: str) -> str:
     """A readable unique key of one pair: ``sub-<l>[_ses-<s>]_from-<moving>_to-<fixed>``."""
     return (

@@ -37,6 +37,7 @@ __all__ = [
     "channel_mean",
     "channel_siblings",
     "dixon_channels",
+    "load_planar",
     "make_planar",
     "project_ground_truth",
 ]
@@ -112,6 +113,11 @@ def _planar_channels(path: str | Path, image: Image) -> Image:
             continue
         channels.append(other)
     return _with_channels(image, channels) if len(channels) > 1 else image
+
+
+def load_planar(path: str | Path) -> Image:
+    """A 2D image with its sibling channels, as a 2D/3D pair's 2D side is loaded."""
+    return _planar_channels(path, load_image(path))
 
 
 def dixon_channels(path: str | Path) -> tuple[list[Path], tuple[str, ...] | None]:

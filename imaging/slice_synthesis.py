@@ -244,6 +244,19 @@ class CoronalSlice:
         """
         return sample_surface(volume, self.grid, self.path.y, slab_mm=0.0, order=order)
 
+    def footprint(
+        self,
+        labels: Image,
+        *,
+        slab_mm: float | None = None,
+        precedence: Sequence[int] | None = None,
+    ) -> Image:
+        """The AP projection footprint of a 3D label map on this slice's grid
+        (:func:`project_labels`): what a projection image such as a DXA shows of them."""
+        return project_labels(
+            labels, self.grid, self.path.y, slab_mm=slab_mm, precedence=precedence
+        )
+
 
 # ============================================================================ helpers
 
@@ -309,6 +322,78 @@ def sample_surface(
     if order == 0:
         return Image(np.rint(acc).astype(np.int32), grid.affine)
     return Image(acc.astype(np.float32), grid.affine)
+
+
+def project_labels(
+    labels: Image,
+    grid: Grid,
+    y: npt.ArrayLike,
+    *,
+    slab_mm: float | None = None,
+    precedence: Sequence[int] | None = None,
+) -> Image:
+    """The anterior-posterior projection footprint of a 3D label map on a 2D slice grid.
+
+    Pixel ``(i, k)`` (world ``(x, z')``) carries label ``l`` when any voxel of ``l`` lies
+    on the AP line through ``(x, ., z')``: the whole body depth (``slab_mm=None``, what
+    a projection image such as a DXA sees), or within ``slab_mm / 2`` of the surface
+    ``y[k]``. Where footprints overlap, the label first in ``precedence`` is drawn, then
+    (for labels not listed) the lower value.
+
+    Args:
+        labels: 3D integer label map.
+        grid: 2D grid from :func:`output_grid`.
+        y: AP position of the surface per output row (``grid.shape[1]`` values).
+        slab_mm: AP thickness around the surface (None: the whole volume).
+        precedence: Labels in drawing priority, highest first.
+
+    Example:
+        >>> vol = np.zeros((4, 6, 3), np.int32)
+        >>> vol[1, 5, 1] = 2  # far behind the surface y = 0 ...
+        >>> vol[1, 0, 1] = 3  # ... and on it
+        >>> img = Image(vol, np.eye(4))
+        >>> g = Grid((4, 3), np.eye(4))
+        >>> project_labels(img, g, np.zeros(3)).data[1].tolist()
+        [0, 2, 0]
+        >>> project_labels(img, g, np.zeros(3), slab_mm=2.0).data[1].tolist()
+        [0, 3, 0]
+    """
+    if labels.ndim != 3:
+        raise InputError(f"label projection needs a 3D label map, got shape {labels.shape}")
+    y = np.asarray(y, dtype=np.float64)
+    nx, nz = grid.shape
+    xs = grid.affine[0, 3] + grid.affine[0, 0] * np.arange(nx)
+    zs = grid.affine[1, 3] + grid.affine[1, 1] * np.arange(nz)
+    corners = np.array(list(np.ndindex(2, 2, 2))) * (np.array(labels.shape) - 1)
+    world_y = (corners @ labels.affine[:3, :3].T + labels.affine[:3, 3])[:, 1]
+    step = 0.5 * min(labels.spacing)  # every voxel along the line is visited
+    ys = np.arange(world_y.min(), world_y.max() + step, step)
+    inv = np.linalg.inv(labels.affine)
+    data = np.asarray(labels.data).astype(np.int32, copy=False)
+    values = [v for v in np.unique(data) if v != 0]
+    seen = {v: np.zeros((nx, nz), bool) for v in values}
+    for y_mm in ys:
+        if slab_mm is not None:
+            inside = np.abs(y_mm - y) <= 0.5 * slab_mm
+            if not inside.any():
+                continue
+        world = np.stack(
+            np.broadcast_arrays(xs[:, None], np.full(nz, y_mm)[None, :], zs[None, :]), -1
+        )
+        ijk = world.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
+        sampled = ndimage.map_coordinates(
+            data, ijk.T, order=0, mode="constant", cval=0, prefilter=False
+        ).reshape(nx, nz)
+        if slab_mm is not None:
+            sampled = np.where(inside[None, :], sampled, 0)
+        for v in values:
+            seen[v] |= sampled == v
+    out = np.zeros((nx, nz), np.int32)
+    first = [v for v in (precedence or ()) if v in seen]
+    rest = sorted(v for v in values if v not in first)
+    for v in reversed([*first, *rest]):  # drawn last = on top
+        out[seen[v]] = v
+    return Image(out, grid.affine)
 
 
 def crop_or_pad(

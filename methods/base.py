@@ -26,6 +26,7 @@ from mmreg.imaging.image import Image
 from mmreg.imaging.transform import Transform
 
 __all__ = [
+    "CSV_COLUMNS_KEY",
     "BaseMethod",
     "Method",
     "RegistrationResult",
@@ -41,6 +42,11 @@ _MAX_ENGINE_SEED = 2**31 - 1
 #: Fewest voxels along any axis at the coarsest pyramid level (coarser levels carry
 #: too little structure for a multi-modal histogram).
 MIN_LEVEL_VOXELS = 16
+
+
+#: Key of a method's extras under which it reports numbers for the evaluation CSV
+#: (``{"salient_fallback": 1.0}``): each becomes a column of its row.
+CSV_COLUMNS_KEY = "csv_columns"
 
 
 @dataclass

@@ -25,6 +25,7 @@ from mmreg.imaging.planar import PlanarPair, make_planar, project_ground_truth
 from mmreg.imaging.preprocess import PreprocessOptions, prealign, preprocess
 from mmreg.imaging.transform import Transform
 from mmreg.methods import RegistrationResult, run_chain
+from mmreg.methods.base import CSV_COLUMNS_KEY
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,21 @@ def evaluate(
     row["neg_jacobian_pct"] = folding_pct(transform, fixed.grid)
     row["evaluation_s"] = time.perf_counter() - t0
     return Image(warped.data.astype(np.float32), warped.affine), row
+
+
+def method_columns(extras: Mapping[str, Any]) -> dict[str, float]:
+    """Numbers a method (or any step of a chain) reports as evaluation columns.
+
+    Example:
+        >>> method_columns({"steps": [{"extras": {}}, {"extras": {"csv_columns": {"a": 1}}}]})
+        {'a': 1.0}
+    """
+    out: dict[str, float] = {}
+    steps = [extras, *(step.get("extras", {}) for step in extras.get("steps", []))]
+    for step in steps:
+        for key, value in (step.get(CSV_COLUMNS_KEY) or {}).items():
+            out[str(key)] = float(value)
+    return out
 
 
 def clean_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,10 @@ Only the MR of each pair is read: it becomes its mid-coronal slice (as in traini
 U-Net labels it, and the labels are compared with the MR's own ground truth on that
 slice (``space-midcoronal_dseg`` when the ground-truth dataset has it, else the MR's 3D
 labels sampled on the slice). One CSV row per subject: ``subject, session, status,
-error, truth, runtime_s, dice_mean, dice_<label>...``.
+error, truth, runtime_s, dice_mean, dice_<label>...``; where the MR's 3D labels are
+known, also ``footprint_dice_mean, footprint_dice_<label>...`` against their AP
+projection footprint (:func:`~mmreg.segmentation.transfer.footprint_truth`), the same
+kind of object as the DXA labels the U-Net learnt from.
 
 Example:
     >>> rows = [{"subject": "01", "status": "ok", "dice_spine": 0.9, "dice_pelvis": 0.7},
@@ -33,6 +36,7 @@ from mmreg.imaging.image import load_labels, save_image
 from mmreg.pipeline import Failure
 from mmreg.segmentation.train import dice_per_class
 from mmreg.segmentation.transfer import (
+    footprint_truth,
     load_mr_slice,
     mr_side,
     slice_truth,
@@ -96,15 +100,17 @@ def evaluate_subjects(
                 name = f"sub-{sid}_space-midcoronal_desc-unetTransfer_dseg.nii.gz"
                 save_image(predicted, Path(predictions) / name, dtype=np.int16)
             path = truth_path(record, side)
-            if path is None:
+            footprint = footprint_truth(record, side, mr)
+            if path is None and footprint is None:
                 raise InputError("no ground-truth label map of the MR")
-            truth = slice_truth(load_labels(path), mr).data
-            scores = dice_per_class(predicted.data, truth, n_classes)
-            row["truth"] = path.name
-            finite = [d for d in scores if math.isfinite(d)]
-            row["dice_mean"] = float(np.mean(finite)) if finite else math.nan
-            for index, value in enumerate(scores, start=1):
-                row[f"dice_{label_column(index, names)}"] = value
+            if path is not None:
+                row["truth"] = path.name
+                truth = slice_truth(load_labels(path), mr).data
+                row.update(_dice_columns(predicted.data, truth, n_classes, names, ""))
+            if footprint is not None:
+                row.update(
+                    _dice_columns(predicted.data, footprint.data, n_classes, names, "footprint_")
+                )
         except Exception as exc:  # one bad subject must not stop the evaluation
             failure = Failure.from_exception(exc)
             LOG.warning("sub-%s: %s", sid, failure.reason)
@@ -114,16 +120,33 @@ def evaluate_subjects(
     return rows
 
 
+def _dice_columns(
+    predicted: np.ndarray, truth: np.ndarray, n_classes: int, names: Any, prefix: str
+) -> dict[str, float]:
+    """``<prefix>dice_mean`` and ``<prefix>dice_<label>`` of one prediction."""
+    scores = dice_per_class(predicted, truth, n_classes)
+    finite = [d for d in scores if math.isfinite(d)]
+    out = {f"{prefix}dice_mean": float(np.mean(finite)) if finite else math.nan}
+    for index, value in enumerate(scores, start=1):
+        out[f"{prefix}dice_{label_column(index, names)}"] = value
+    return out
+
+
 def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean of every ``dice_*`` column over the ok rows; ``dice_mean`` is their mean."""
+    """Mean of every ``dice_*`` (and ``footprint_dice_*``) column over the ok rows;
+    ``dice_mean`` (``footprint_dice_mean``) is the mean of its labels' means."""
     ok = [r for r in rows if r.get("status") == "ok"]
     out: dict[str, Any] = {"n_ok": len(ok), "n_failed": len(rows) - len(ok)}
-    columns = [c for r in ok for c in r if c.startswith("dice_") and c != "dice_mean"]
-    for column in dict.fromkeys(columns):
-        values = [float(r[column]) for r in ok if column in r and math.isfinite(r[column])]
-        out[column] = round(float(np.mean(values)), 4) if values else math.nan
-    labels = [v for k, v in out.items() if k.startswith("dice_") and math.isfinite(v)]
-    out["dice_mean"] = round(float(np.mean(labels)), 4) if labels else math.nan
+    for prefix in ("", "footprint_"):
+        head = f"{prefix}dice_"
+        columns = [c for r in ok for c in r if c.startswith(head) and c != f"{head}mean"]
+        if not columns and prefix:
+            continue
+        for column in dict.fromkeys(columns):
+            values = [float(r[column]) for r in ok if column in r and math.isfinite(r[column])]
+            out[column] = round(float(np.mean(values)), 4) if values else math.nan
+        labels = [out[c] for c in dict.fromkeys(columns) if math.isfinite(out[c])]
+        out[f"{head}mean"] = round(float(np.mean(labels)), 4) if labels else math.nan
     return out
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmreg.errors import InputError
+from mmreg.imaging.groundtruth import read_label_names
 from mmreg.imaging.image import Grid, Image, load_image, load_labels
 from mmreg.imaging.planar import DIXON_ROLES, PlanarPair, dixon_channels
 from mmreg.imaging.preprocess import PreprocessOptions, reorient_canonical
@@ -58,7 +59,9 @@ from mmreg.typing import PathLike
 __all__ = [
     "MRSlice",
     "TransferredSubject",
+    "footprint_truth",
     "inverse_transform",
+    "label_table",
     "load_mr_slice",
     "mr_side",
     "mr_slice",
@@ -74,6 +77,9 @@ LOG = logging.getLogger("mmreg.segmentation.transfer")
 
 #: BIDS ``space`` label of the synthesised MR slice in the ground-truth dataset.
 SLICE_SPACE = "midcoronal"
+#: Which structure a whole-body DXA label shows where projections overlap, first on top:
+#: the spine over everything; the pelvic inlet over the sacrum behind it (and the pelvis).
+PROJECTION_ORDER = ("spine", "pelvic_cavity", "pelvis")
 
 
 # --- geometry ----------------------------------------------------------------------------------
@@ -233,6 +239,42 @@ def slice_truth(labels: Image, mr: MRSlice) -> Image:
     return identity.apply(labels, mr.grid, interpolation="nearest", fill=0)
 
 
+def label_table(records: Sequence[Mapping[str, Any]]) -> dict[int, str]:
+    """Label names from the ``dseg.tsv`` above the first label map found (or ``{}``)."""
+    for record in records:
+        for key in ("fixed_dseg", "moving_dseg"):
+            if not record.get(key):
+                continue
+            for folder in list(Path(record[key]).parents)[:5]:
+                if (folder / "dseg.tsv").is_file():
+                    return read_label_names(folder / "dseg.tsv")
+    return {}
+
+
+def footprint_truth(record: Mapping[str, Any], side: str, mr: MRSlice) -> Image | None:
+    """The MR's ground truth as a DXA sees it: the AP projection footprint of its 3D label
+    map (:func:`mmreg.imaging.slice_synthesis.project_labels`) on the slice grid.
+
+    A DXA label is the projection of a whole structure (a pelvis label covers the iliac
+    wings), while a slice cuts through part of it; comparing labels transferred from a
+    DXA with the slice's own cut penalises the transfer for what no projection can know.
+    The footprint is the same kind of object as the DXA label. Where footprints overlap,
+    the DXA's drawing order decides (:data:`PROJECTION_ORDER`, by label name from the
+    ``dseg.tsv``; other labels by value). ``None`` without a 3D label map of the MR or a
+    3D MR.
+    """
+    own = record.get(f"{side}_dseg")
+    if not own or not Path(own).is_file() or mr.coronal is None:
+        return None
+    labels = load_labels(own)
+    if labels.ndim != 3:
+        return None
+    names = {name: value for value, name in label_table([record]).items()}
+    order = [names[n] for n in PROJECTION_ORDER if n in names]
+    footprint = mr.coronal.footprint(labels, precedence=order)
+    return Transform.identity(ndim=2).apply(footprint, mr.grid, interpolation="nearest", fill=0)
+
+
 def mr_side(record: Mapping[str, Any]) -> str:
     """Which image of a pair is the MR: the 3D one, or the moving one when both are 2D.
 
@@ -285,6 +327,8 @@ class TransferredSubject:
         labels: Transferred labels on ``mr.grid`` (int64 ``(X, Y)``).
         truth: The MR's own ground truth on the same grid, when known (evaluation only).
         extras: Registration details (method, runtime, matrix).
+        footprint: The MR's ground truth as a projection (:func:`footprint_truth`), when
+            its 3D labels are known (evaluation only).
     """
 
     subject: str
@@ -292,6 +336,7 @@ class TransferredSubject:
     labels: npt.NDArray[np.int64]
     truth: npt.NDArray[np.int64] | None = None
     extras: dict[str, Any] | None = None
+    footprint: npt.NDArray[np.int64] | None = None
 
 
 def register_planar(
@@ -383,9 +428,14 @@ def transfer_subject(
         )
         extras["method"] = method
     labels = transfer_labels(load_labels(dseg, ndim=2), transform, mr.grid, source=dxa_side)
-    truth = None
+    truth = footprint = None
     if with_truth:
         path = truth_path(record, side)
         if path is not None:
             truth = slice_truth(load_labels(path), mr).data.astype(np.int64)
-    return TransferredSubject(subject_id(record), mr, labels.data.astype(np.int64), truth, extras)
+        projected = footprint_truth(record, side, mr)
+        if projected is not None:
+            footprint = projected.data.astype(np.int64)
+    return TransferredSubject(
+        subject_id(record), mr, labels.data.astype(np.int64), truth, extras, footprint
+    )

@@ -37,7 +37,6 @@ import numpy.typing as npt
 import torch
 
 from mmreg.errors import InputError, UsageError
-from mmreg.imaging.groundtruth import read_label_names
 from mmreg.imaging.image import Grid, Image
 from mmreg.imaging.preprocess import PREALIGN_MODES, normalize_intensity, resample_isotropic
 from mmreg.imaging.transform import Transform
@@ -51,7 +50,12 @@ from mmreg.segmentation.train import (
     train_segmenter,
     validation_count,
 )
-from mmreg.segmentation.transfer import MRSlice, TransferredSubject, transfer_subject
+from mmreg.segmentation.transfer import (
+    MRSlice,
+    TransferredSubject,
+    label_table,
+    transfer_subject,
+)
 from mmreg.segmentation.unet import UNet2d, UNetConfig
 
 __all__ = [
@@ -163,18 +167,6 @@ def parse_model_option(value: str, method: str) -> dict[str, str]:
     for family in model_families([method]):
         resolve_model(family, models.get(family))
     return models
-
-
-def label_table(records: Sequence[Mapping[str, Any]]) -> dict[int, str]:
-    """Label names from the ``dseg.tsv`` above the first DXA label map found (or ``{}``)."""
-    for record in records:
-        for key in ("fixed_dseg", "moving_dseg"):
-            if not record.get(key):
-                continue
-            for folder in list(Path(record[key]).parents)[:5]:
-                if (folder / "dseg.tsv").is_file():
-                    return read_label_names(folder / "dseg.tsv")
-    return {}
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -329,22 +321,29 @@ def truth_scores(
 ) -> dict[str, Any] | None:
     """Per-label Dice against the MR ground truth: the U-Net's and the transferred labels'.
 
-    ``None`` when none of ``subjects`` has ground truth.
+    Against the slice's own labels (``unet_dice``, ``transferred_dice``) and, where the
+    MR's 3D labels are known, against their projection footprint, what a DXA label
+    stands for (``unet_dice_footprint``, ``transferred_dice_footprint``). ``None`` when
+    none of ``subjects`` has ground truth.
     """
-    known = [s for s in subjects if s.truth is not None]
+    known = [s for s in subjects if s.truth is not None or s.footprint is not None]
     if not known:
         return None
     n = segmenter.config.n_classes
-    unet, transferred = [], []
+    scores: dict[str, list[list[float]]] = {}
     for item in known:
         predicted = segmenter.predict(item.mr, device=device).data
-        unet.append(dice_per_class(predicted, item.truth, n))
-        transferred.append(dice_per_class(item.labels, item.truth, n))
-    return {
-        "n_subjects": len(known),
-        "unet_dice": per_label_means(unet, segmenter.label_names),
-        "transferred_dice": per_label_means(transferred, segmenter.label_names),
-    }
+        for suffix, truth in (("", item.truth), ("_footprint", item.footprint)):
+            if truth is None:
+                continue
+            scores.setdefault(f"unet_dice{suffix}", []).append(dice_per_class(predicted, truth, n))
+            scores.setdefault(f"transferred_dice{suffix}", []).append(
+                dice_per_class(item.labels, truth, n)
+            )
+    out: dict[str, Any] = {"n_subjects": len(known)}
+    for key, values in scores.items():
+        out[key] = per_label_means(values, segmenter.label_names)
+    return out
 
 
 def fit_unet_transfer(

@@ -11,7 +11,7 @@ from mmreg import notices
 from mmreg.imaging.groundtruth import load_ground_truth
 from mmreg.imaging.image import save_image
 from mmreg.imaging.transform import Transform
-from mmreg.pipeline import Failure, clean_row, evaluate
+from mmreg.pipeline import Failure, clean_row, evaluate, method_columns
 from mmreg.tasks._manifest import read_manifest
 from mmreg.tasks.define import task
 
@@ -35,7 +35,8 @@ def EvaluatePair(
 
     Returns:
         row: The CSV row (contract columns and per-label columns) plus private
-            ``_warped``/``_transform``/``_traceback`` entries for the writer.
+            ``_warped``/``_transform``/``_traceback``/``_label_maps``/``_midcoronal``
+            entries for the writer.
     """
     del code
     upstream = read_manifest(result)
@@ -69,11 +70,13 @@ def EvaluatePair(
         row.update(status="failed", error=failure.reason, _traceback=failure.traceback)
         return {**row, "warnings": "; ".join(notices.merge(upstream_warnings, notices.current()))}
     row.update(metrics)
+    row.update(method_columns(upstream.get("extras") or {}))
     row["warnings"] = "; ".join(notices.merge(upstream_warnings, notices.current()))
     row.update(
         _warped=str(warped_path),
         _transform=upstream["transform"],
         _label_maps=upstream.get("label_maps", {}),
+        _midcoronal=upstream.get("midcoronal", {}),
         extras=upstream.get("extras", {}),
     )
     return clean_row(row)

@@ -81,6 +81,7 @@ def RegisterPair(
             runtime_s=result.runtime_s,
             extras=result.extras,
             label_maps=label_maps,
+            midcoronal=upstream.get("midcoronal", {}),
             warnings=upstream.get("warnings", []),
         )
     )

@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -106,6 +108,7 @@ def ransac_rigid(
     threshold: float,
     iterations: int = 500,
     rng: np.random.Generator | None = None,
+    accept: Callable[[Array], bool] | None = None,
 ) -> tuple[Array, npt.NDArray[np.bool_]]:
     """RANSAC over 2-point rigid fits; returns the refit on the largest inlier set.
 
@@ -117,9 +120,12 @@ def ransac_rigid(
         threshold: Largest residual (mm) of an inlier.
         iterations: Random minimal samples (all pairs are tried when fewer).
         rng: Random generator (seeded by the caller for reproducibility).
+        accept: Optional prior: minimal fits it rejects (an implausible rotation or
+            shift) are not considered.
 
     Returns:
-        The least-squares rigid fit on the inliers, and the inlier mask.
+        The least-squares rigid fit on the inliers, and the inlier mask (all false when
+        no minimal fit was accepted).
     """
     a = np.asarray(src, dtype=float)
     b = np.asarray(dst, dtype=float)
@@ -130,11 +136,15 @@ def ransac_rigid(
     best_mask = np.zeros(len(a), dtype=bool)
     for i, j in _minimal_fits(a, b, rng, iterations):
         model = fit_rigid(a[[i, j]], b[[i, j]])
+        if accept is not None and not accept(model):
+            continue
         res = _residuals(model, a, b)
         mask = res <= threshold
         score = (int(mask.sum()), float(res[mask].sum()))
         if score[0] > best[0] or (score[0] == best[0] and score[1] < best[1]):
             best, best_mask = score, mask
+    if best[0] < 0:  # every minimal fit was rejected by the prior
+        return fit_rigid(a, b), np.zeros(len(a), dtype=bool)
     if best_mask.sum() < 2:
         best_mask = np.ones(len(a), dtype=bool)
     return fit_rigid(a[best_mask], b[best_mask]), best_mask
@@ -146,12 +156,14 @@ def lmeds_rigid(
     *,
     iterations: int = 500,
     rng: np.random.Generator | None = None,
+    accept: Callable[[Array], bool] | None = None,
 ) -> tuple[Array, npt.NDArray[np.bool_]]:
     """Least-median-of-squares rigid fit, then least squares on its inliers.
 
     The minimal fit with the smallest median squared residual wins; its robust scale
     ``1.4826 (1 + 5 / (n - 2)) sqrt(median)`` (Rousseeuw & Leroy) sets the inlier cut at
-    2.5 scales, and the final map is the least-squares fit on those inliers.
+    2.5 scales, and the final map is the least-squares fit on those inliers. ``accept``:
+    as for :func:`ransac_rigid`.
     """
     a = np.asarray(src, dtype=float)
     b = np.asarray(dst, dtype=float)
@@ -164,6 +176,8 @@ def lmeds_rigid(
     best, best_median = None, np.inf
     for i, j in _minimal_fits(a, b, rng, iterations):
         model = fit_rigid(a[[i, j]], b[[i, j]])
+        if accept is not None and not accept(model):
+            continue
         median = float(np.median(_residuals(model, a, b) ** 2))
         if median < best_median:
             best, best_median = model, median

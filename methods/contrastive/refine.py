@@ -10,14 +10,17 @@ correspondences: a residual rigid correction, computed in closed form so that th
 network is trained end-to-end on the alignment error itself. It is applied a few times
 (``steps``, default 3), each time from the previous estimate.
 
-Training is self-supervised (``mmreg train contrastive-refine``): pairs are aligned by
-``contrastive-salient`` (no ground truth), each alignment is perturbed at random (a
-rotation about the MR centre and a shift), and the network learns to undo the
-perturbation; the loss is the mean distance (mm) between MR cell centres mapped back
-with the prediction and with the salient alignment. Because the salient alignments'
-own errors vary from subject to subject while the network must explain all of them
-with one function of the features, it learns the consistent part and averages out the
-noise (the paper's argument).
+Training regresses KNOWN perturbations (``mmreg train contrastive-refine``): each
+training pair is aligned by a reference (``--reference sitk-rigid``: mutual information on
+the mean of the channels, the default; ``salient``: the method's own starting point; or
+alignments handed to :func:`fit_refine`, such as a phantom's true transform), each
+alignment is perturbed at random (a rotation about the MR centre and a shift), and the
+network learns to undo the perturbation; the loss is the mean distance (mm) between MR
+cell centres mapped back with the prediction and with the reference alignment. The target
+is the perturbation the trainer made, never an estimate of the misalignment: a
+reference that is itself off by a few millimetres from subject to subject only adds noise
+that one function of the features cannot follow, and averages out (the paper's argument).
+At test time the steps start from ``contrastive-salient``.
 
 The checkpoint (family ``contrastive-refine``) carries the encoder it was trained on
 (``encoder.*`` weights, from a ``contrastive`` checkpoint) and the regressor
@@ -36,11 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmreg.errors import InputError
+from mmreg.imaging.image import Image
 from mmreg.methods.contrastive import geometry
 from mmreg.methods.contrastive.data import ChannelImage
 from mmreg.methods.contrastive.features import FeatureMap, encode, load_model
@@ -70,6 +75,9 @@ __all__ = [
 ]
 
 LOG = logging.getLogger("mmreg.train.contrastive-refine")
+
+#: Alignments :func:`fit_refine` can make its own training references with.
+REFERENCES = ("sitk-rigid", "salient")
 
 
 @dataclass(frozen=True)
@@ -291,6 +299,14 @@ class RefineTrainSettings:
             "choices": ("dxa", "mr"),
         },
     )
+    reference: str = field(
+        default="sitk-rigid",
+        metadata={
+            "help": "alignment the perturbations are made around: sitk-rigid (mutual "
+            "information on the channel mean) or salient (contrastive-salient itself)",
+            "choices": REFERENCES,
+        },
+    )
     epochs: int = field(default=300, metadata={"help": "passes over the training subjects"})
     batch_size: int = field(default=16, metadata={"help": "subjects per batch"})
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
@@ -309,33 +325,57 @@ class RefineTrainSettings:
     def __post_init__(self) -> None:
         if self.fixed_modality not in ("dxa", "mr"):
             raise ValueError("fixed_modality must be dxa or mr")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {', '.join(REFERENCES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.steps < 1:
             raise ValueError("epochs, batch_size and steps must be positive")
 
 
-@dataclass
-class _Cohort:
-    maps: _Batch
-    salient: torch.Tensor  # (N, 3, 3) pseudo ground truth
-    subjects: list[str]
+def _sitk_reference(dxa: ChannelImage, mr: ChannelImage) -> npt.NDArray[np.float64]:
+    """DXA->MR world map (3x3) by ``sitk-rigid`` on the mean of the normalised channels."""
+    from mmreg.imaging.planar import channel_mean
+    from mmreg.methods import get_method
+
+    fixed = Image(channel_mean(np.moveaxis(dxa.data, 0, -1)), dxa.affine)
+    moving = Image(channel_mean(np.moveaxis(mr.data, 0, -1)), mr.affine)
+    m = get_method("sitk-rigid").register(fixed, moving, seed=0).transform.as_affine()
+    # Fixed (DXA) world -> moving (MR) world, in the plane.
+    return geometry.rigid(geometry.angle_of(m[np.ix_([0, 1, 3], [0, 1, 3])]), m[[0, 1], 3])
 
 
-def _salient_cohort(
-    model: DualEncoder, pairs: Sequence[PairImages], settings: ContrastiveSettings, progress: bool
-) -> tuple[list[FeatureMap], list[FeatureMap], list[Estimate]]:
+def _reference_cohort(
+    model: DualEncoder,
+    pairs: Sequence[PairImages],
+    reference: str,
+    given: Sequence[npt.NDArray[np.float64] | None] | None,
+    progress: bool,
+) -> tuple[list[FeatureMap], list[FeatureMap], list[npt.NDArray[np.float64] | None]]:
+    """Feature maps of every pair and its reference alignment (None where it failed)."""
     from tqdm.auto import tqdm
 
     from mmreg.methods.contrastive.features import prepare
 
-    dxa_maps, mr_maps, estimates = [], [], []
-    for p in tqdm(pairs, desc="salient alignment", disable=not progress):
+    salient = ContrastiveSettings(fixed_modality="dxa")
+    dxa_maps, mr_maps, refs = [], [], []
+    desc = "reference alignments" if given is None else "feature maps"
+    for k, p in enumerate(tqdm(pairs, desc=desc, disable=not progress)):
         dxa, mr = prepare(p.dxa), prepare(p.mr)
         fd = encode(model, dxa, "dxa")
         fm = encode(model, mr, "mr")
-        estimates.append(estimate_salient(model, dxa, mr, settings, dxa_map=fd, mr_map=fm))
         dxa_maps.append(fd)
         mr_maps.append(fm)
-    return dxa_maps, mr_maps, estimates
+        if given is not None:
+            refs.append(None if given[k] is None else np.asarray(given[k], dtype=np.float64))
+        elif reference == "salient":
+            est = estimate_salient(model, dxa, mr, salient, dxa_map=fd, mr_map=fm)
+            refs.append(est.matrix if est.extras.get("fallback") is None else None)
+        else:
+            try:
+                refs.append(_sitk_reference(dxa, mr))
+            except Exception as exc:
+                LOG.warning("%s: no %s reference (%s); left out", p.subject, reference, exc)
+                refs.append(None)
+    return dxa_maps, mr_maps, refs
 
 
 def fit_refine(
@@ -346,8 +386,20 @@ def fit_refine(
     device: str = "cpu",
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    references: Sequence[npt.NDArray[np.float64] | None] | None = None,
 ) -> tuple[Regressor, dict[str, Any]]:
-    """Train the regressor on salient-aligned, randomly perturbed pairs (see the module doc).
+    """Train the regressor to undo known perturbations of reference alignments.
+
+    Args:
+        model: The dual encoder whose features the regressor reads.
+        pairs: Training subjects.
+        settings: Hyperparameters; ``settings.reference`` makes the references unless
+            ``references`` gives them.
+        device: ``cpu`` or ``cuda``.
+        progress: Show progress bars.
+        on_epoch: Called with each epoch's record.
+        references: Per pair, a DXA->MR world map (3x3) to perturb around, e.g. the true
+            transform of a phantom (None: leave that pair out).
 
     Returns:
         The best-validation regressor (eval mode, CPU) and a training summary.
@@ -357,13 +409,16 @@ def fit_refine(
     if len(pairs) < 2:
         raise InputError("refinement training needs at least 2 subjects")
     start = time.perf_counter()
-    salient_settings = ContrastiveSettings(fixed_modality="dxa")
-    dxa_maps, mr_maps, estimates = _salient_cohort(model, pairs, salient_settings, progress)
-    kept = [k for k, e in enumerate(estimates) if e.extras.get("fallback") is None]
+    if references is not None and len(references) != len(pairs):
+        raise ValueError("references must give one alignment per pair")
+    dxa_maps, mr_maps, refs = _reference_cohort(
+        model, pairs, settings.reference, references, progress
+    )
+    kept = [k for k, r in enumerate(refs) if r is not None]
     if len(kept) < 2:
-        raise InputError("contrastive-salient aligned fewer than 2 training pairs")
+        raise InputError("fewer than 2 training pairs have a reference alignment")
     maps = _Batch.from_maps([dxa_maps[k] for k in kept], [mr_maps[k] for k in kept], device)
-    targets = torch.from_numpy(np.stack([estimates[k].matrix for k in kept])).float().to(device)
+    targets = torch.from_numpy(np.stack([refs[k] for k in kept])).float().to(device)
     train_idx, val_idx = split_subjects(len(kept), settings.val_fraction, settings.seed)
     config = RegressorConfig(
         embed_dim=model.config.embed_dim, width=settings.width, depth=settings.depth
@@ -442,6 +497,7 @@ def fit_refine(
         device=device,
         settings=settings,
         n_subjects=len(pairs),
+        reference="given" if references is not None else settings.reference,
         n_aligned=len(kept),
         n_train=len(train_idx),
         n_val=len(val_idx),

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,7 +43,7 @@ from scipy import ndimage
 from mmreg.errors import InputError, UsageError
 from mmreg.imaging.image import Image
 from mmreg.imaging.transform import Transform
-from mmreg.methods.base import BaseMethod
+from mmreg.methods.base import CSV_COLUMNS_KEY, BaseMethod
 from mmreg.methods.contrastive import geometry
 from mmreg.methods.contrastive.data import ChannelImage, as_channels
 from mmreg.methods.contrastive.features import FeatureMap, encode, load_model, prepare
@@ -88,6 +89,13 @@ class ContrastiveSettings:
         ransac_threshold_cells: Salient: RANSAC inlier distance, in feature cells.
         ransac_iterations: Salient: RANSAC (and LMedS) minimal samples.
         min_inliers: Salient: fewest inliers to trust the fit (else the dense estimate).
+        guide: Salient: ``dense`` (default) matches each salient cell only against the
+            cells within ``search_mm`` of where the dense estimate puts it (guided
+            matching: the ratio test then compares local candidates); ``none``: against
+            the whole other map.
+        search_mm: Salient: radius of the guided search window.
+        min_spread_cells: Salient: the inliers must span at least this many cells (a
+            rigid fit of clustered points has an arbitrary rotation), else dense.
     """
 
     fixed_modality: str = "auto"
@@ -100,6 +108,9 @@ class ContrastiveSettings:
     ransac_threshold_cells: float = 0.75
     ransac_iterations: int = 1000
     min_inliers: int = 4
+    guide: str = "dense"
+    search_mm: float = 60.0
+    min_spread_cells: float = 4.0
 
     def __post_init__(self) -> None:
         if self.fixed_modality not in ("dxa", "mr", "auto"):
@@ -108,6 +119,8 @@ class ContrastiveSettings:
             raise ValueError("need angle_range >= 0 and angle_step > 0")
         if not 0 < self.ratio <= 1 or self.n_salient < 2 or self.min_inliers < 2:
             raise ValueError("need 0 < ratio <= 1, n_salient >= 2 and min_inliers >= 2")
+        if self.guide not in ("dense", "none") or self.search_mm <= 0:
+            raise ValueError("guide must be dense or none, and search_mm positive")
 
     @property
     def angles(self) -> npt.NDArray[np.float64]:
@@ -306,7 +319,11 @@ class Matches:
 
 
 def _nearest(
-    query: torch.Tensor, target: torch.Tensor, target_cells: npt.NDArray[np.int_], exclusion: float
+    query: torch.Tensor,
+    target: torch.Tensor,
+    target_cells: npt.NDArray[np.int_],
+    exclusion: float,
+    allowed: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[npt.NDArray[np.int_], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Best target index per query, its similarity, and Lowe's distance ratio.
 
@@ -314,8 +331,11 @@ def _nearest(
     best match's neighbours always look alike.
     """
     sim = (query @ target.T).double().numpy()
+    if allowed is not None:  # guided: only candidates inside the search window
+        sim = np.where(allowed, sim, -np.inf)
     best = np.argmax(sim, axis=1)
     best_sim = sim[np.arange(len(best)), best]
+    best_sim = np.where(np.isfinite(best_sim), best_sim, -1.0)
     near = (
         np.linalg.norm(target_cells[None, :, :] - target_cells[best][:, None, :], axis=-1)
         <= exclusion
@@ -323,7 +343,8 @@ def _nearest(
     second = np.where(near, -np.inf, sim).max(axis=1)
     d1 = np.sqrt(np.maximum(2.0 - 2.0 * best_sim, 0.0))
     d2 = np.sqrt(np.maximum(2.0 - 2.0 * np.where(np.isfinite(second), second, -1.0), 1e-12))
-    return best, best_sim, d1 / d2
+    # Without a second candidate the match's distinctiveness cannot be tested: ratio 1.
+    return best, best_sim, np.where(np.isfinite(second), d1 / d2, 1.0)
 
 
 def _refine_cell(
@@ -343,13 +364,34 @@ def _refine_cell(
     return out
 
 
-def match_salient(dxa: FeatureMap, mr: FeatureMap, settings: ContrastiveSettings) -> Matches:
+def _window(
+    src: FeatureMap,
+    src_cells: npt.NDArray[np.int_],
+    tgt: FeatureMap,
+    tgt_cells: npt.NDArray[np.int_],
+    guide: Matrix3,
+    radius_mm: float,
+) -> npt.NDArray[np.bool_]:
+    """``(S, T)``: target cells within ``radius_mm`` of where ``guide`` puts each source cell."""
+    predicted = geometry.apply(guide, src.world(src_cells))
+    targets = tgt.world(tgt_cells)
+    return np.linalg.norm(predicted[:, None, :] - targets[None, :, :], axis=-1) <= radius_mm
+
+
+def match_salient(
+    dxa: FeatureMap,
+    mr: FeatureMap,
+    settings: ContrastiveSettings,
+    guide: Matrix3 | None = None,
+) -> Matches:
     """Mutual nearest-neighbour matches of salient cells that pass the ratio test.
 
-    Salient cells of either map are matched against every cell of the other map; a match
-    ``(p, q)`` is kept when ``q``'s own nearest cell in the first map lies within one cell
-    of ``p`` (mutual) and the distance ratio is below ``settings.ratio``. Positions are
-    refined to sub-cell precision in the target map.
+    Salient cells of either map are matched against every cell of the other map (with a
+    ``guide``, a DXA->MR map such as the dense estimate: against the cells within
+    ``settings.search_mm`` of where it puts them, guided matching); a match ``(p, q)`` is
+    kept when ``q``'s own nearest cell in the first map lies within one cell of ``p``
+    (mutual) and the distance ratio is below ``settings.ratio``. Positions are refined to
+    sub-cell precision in the target map.
     """
     ex = settings.exclusion_cells
     values = {"dxa": _flat(dxa), "mr": _flat(mr)}
@@ -367,11 +409,27 @@ def match_salient(dxa: FeatureMap, mr: FeatureMap, settings: ContrastiveSettings
         if len(salient) == 0 or len(tgt_cells) < 2:
             continue
         rows = np.array([index[source][tuple(c)] for c in salient])
-        best, best_sim, ratio = _nearest(src_values[rows], tgt_values, tgt_cells, ex)
-        back, _, _ = _nearest(tgt_values[best], src_values, src_cells, ex)
+        allowed = back_allowed = None
+        if guide is not None:
+            forward = guide if source == "dxa" else np.linalg.inv(guide)
+            allowed = _window(
+                maps[source], src_cells[rows], maps[target], tgt_cells, forward, settings.search_mm
+            )
+        best, best_sim, ratio = _nearest(src_values[rows], tgt_values, tgt_cells, ex, allowed)
+        if guide is not None:
+            backward = np.linalg.inv(guide) if source == "dxa" else guide
+            back_allowed = _window(
+                maps[target],
+                tgt_cells[best],
+                maps[source],
+                src_cells,
+                backward,
+                settings.search_mm,
+            )
+        back, _, _ = _nearest(tgt_values[best], src_values, src_cells, ex, back_allowed)
         for k, row in enumerate(rows):
             mutual = np.max(np.abs(src_cells[back[k]] - src_cells[row])) <= 1
-            if not mutual or ratio[k] >= settings.ratio:
+            if not mutual or ratio[k] >= settings.ratio or best_sim[k] <= -1.0:
                 continue
             p, q = src_cells[row], tgt_cells[best[k]]
             q_sub = _refine_cell(maps[target], src_values[row], q)
@@ -391,6 +449,33 @@ def match_salient(dxa: FeatureMap, mr: FeatureMap, settings: ContrastiveSettings
     )
 
 
+def plausible(
+    dxa: FeatureMap, mr: FeatureMap, settings: ContrastiveSettings, max_shift_mm: float
+) -> Callable[[Matrix3], bool]:
+    """The dense method's priors as a test of a rigid DXA->MR map (for RANSAC's hypotheses).
+
+    A map is plausible when its rotation is within ``angle_range + angle_step`` degrees
+    and it puts the MR map's centre within ``max_shift_mm`` (per axis; 0: any) of the DXA
+    map's centre, as the dense search assumes. Two matched cells always fit some rigid
+    map; these priors keep RANSAC from building consensus on a 40-degree turn or a
+    half-body shift.
+    """
+    limit = settings.angle_range + settings.angle_step
+    centre_d = dxa.world(((np.asarray(dxa.shape) - 1) / 2.0)[None])[0]
+    centre_m = mr.world(((np.asarray(mr.shape) - 1) / 2.0)[None])[0]
+
+    def accept(matrix: Matrix3) -> bool:
+        if abs(geometry.angle_of(matrix)) > limit:
+            return False
+        if max_shift_mm <= 0:
+            return True
+        # The MR centre seen in DXA world, against the DXA centre.
+        back = geometry.apply(np.linalg.inv(matrix), centre_m[None])[0]
+        return bool(np.all(np.abs(back - centre_d) <= max_shift_mm))
+
+    return accept
+
+
 def estimate_salient(
     model: DualEncoder,
     dxa: ChannelImage,
@@ -408,42 +493,59 @@ def estimate_salient(
     """
     fd = dxa_map or encode(model, dxa, "dxa", device=device)
     fm = mr_map or encode(model, mr, "mr", device=device)
-    matches = match_salient(fd, fm, settings)
+    dense: Estimate | None = None
+    if settings.guide == "dense":
+        dense = estimate_dense(model, dxa, mr, settings, device=device, dxa_map=fd)
+    matches = match_salient(fd, fm, settings, guide=None if dense is None else dense.matrix)
     cell_mm = float(np.linalg.norm(fd.grid[:2, 0]))
     n = len(matches.similarity)
-    extras: dict[str, Any] = {"n_matches": n}
+    extras: dict[str, Any] = {"n_matches": n, "guide": settings.guide}
     if n >= settings.min_inliers:
         src = fd.world(matches.dxa_cells)
         dst = fm.world(matches.mr_cells)
         rng = np.random.default_rng(seed)
+        accept = plausible(fd, fm, settings, _max_shift(model, settings))
         _, inliers = geometry.ransac_rigid(
             src,
             dst,
             threshold=settings.ransac_threshold_cells * cell_mm,
             iterations=settings.ransac_iterations,
             rng=rng,
+            accept=accept,
         )
         extras["n_ransac_inliers"] = int(inliers.sum())
         if inliers.sum() >= settings.min_inliers:
             matrix, keep = geometry.lmeds_rigid(
-                src[inliers], dst[inliers], iterations=settings.ransac_iterations, rng=rng
+                src[inliers],
+                dst[inliers],
+                iterations=settings.ransac_iterations,
+                rng=rng,
+                accept=accept,
             )
+            used_src, used_dst = src[inliers][keep], dst[inliers][keep]
+            spread = float(np.max(np.ptp(used_src, axis=0))) if len(used_src) else 0.0
             extras["n_inliers"] = int(keep.sum())
-            residual = np.linalg.norm(
-                geometry.apply(matrix, src[inliers][keep]) - dst[inliers][keep], axis=1
-            )
-            extras["rms_residual_mm"] = float(np.sqrt(np.mean(residual**2)))
-            extras["fallback"] = None
-            # The dense correlation at this alignment scores the result like the dense method.
-            return Estimate(
-                matrix,
-                float(matches.similarity[inliers][keep].mean()),
-                extras,
-                src[inliers][keep],
-                dst[inliers][keep],
-            )
-    dense = estimate_dense(model, dxa, mr, settings, device=device, dxa_map=fd)
-    dense.extras.update(extras, fallback="dense", n_inliers=0)
+            extras["inlier_spread_mm"] = round(spread, 1)
+            if (
+                keep.sum() >= settings.min_inliers
+                and spread >= settings.min_spread_cells * cell_mm
+                and accept(matrix)
+            ):
+                residual = np.linalg.norm(geometry.apply(matrix, used_src) - used_dst, axis=1)
+                extras["rms_residual_mm"] = float(np.sqrt(np.mean(residual**2)))
+                extras["fallback"] = None
+                extras[CSV_COLUMNS_KEY] = {"salient_fallback": 0.0}
+                return Estimate(
+                    matrix,
+                    float(matches.similarity[inliers][keep].mean()),
+                    extras,
+                    used_src,
+                    used_dst,
+                )
+    if dense is None:
+        dense = estimate_dense(model, dxa, mr, settings, device=device, dxa_map=fd)
+    extras["n_inliers"] = 0
+    dense.extras.update(extras, fallback="dense", **{CSV_COLUMNS_KEY: {"salient_fallback": 1.0}})
     return dense
 
 

@@ -138,6 +138,13 @@ class ContrastiveTrainSettings:
         default=0.15, metadata={"help": "fraction of subjects held out for validation"}
     )
     seed: int = field(default=0, metadata={"help": "seed of initialisation, split and batches"})
+    init: str = field(
+        default="",
+        metadata={
+            "help": "contrastive checkpoint whose weights to start from (same widths and "
+            "embedding; e.g. a coarser spacing_mm, for coarse-to-fine training)"
+        },
+    )
     # Structured or architectural fields (kept at their defaults on the CLI).
     widths: tuple[int, ...] = (16, 32, 64, 96)
     convs_per_level: int = field(default=2, metadata={"help": "3x3 convolutions per level"})
@@ -315,6 +322,27 @@ def deterministic(seed: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
+def _start_from(model: DualEncoder, path: str) -> None:
+    """Load a contrastive checkpoint's weights into ``model`` (its grid spacing may differ).
+
+    Raises:
+        InputError: When the checkpoint's architecture is not ``model``'s.
+    """
+    from mmreg.methods.contrastive.features import load_model
+
+    source, checkpoint = load_model(path)
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        raise InputError(f"{Path(path).name}: its encoder does not fit these settings") from exc
+    LOG.info(
+        "starting from %s (sha256 %s, %.1f mm grid)",
+        path,
+        checkpoint.sha256[:12],
+        source.config.spacing_mm,
+    )
+
+
 @torch.no_grad()
 def _evaluate(
     model: DualEncoder, data: _Canvases, index: list[int], device: str, chunk: int = 16
@@ -375,6 +403,8 @@ def fit_contrastive(
     start = time.perf_counter()
     with deterministic(settings.seed):
         model = DualEncoder(config)
+        if settings.init:
+            _start_from(model, settings.init)
         for p in pairs:
             check_channels(model, p.dxa, "dxa")
             check_channels(model, p.mr, "mr")

@@ -65,3 +65,44 @@ def test_no_keypoints_no_table(tmp_path):
     out = tmp_path / "out"
     derivatives.write_pair_outputs(out, PAIR, _row(tmp_path, {"metric": 0.5}))
     assert not list(out.rglob("*_keypoints.tsv"))
+
+
+def test_midcoronal_slice_is_written_once_per_channel(tmp_path):
+    pair = {
+        **PAIR,
+        "fixed": "/data/sub-01/anat/sub-01_rec-bone_DXA.nii.gz",
+        "moving": "/data/sub-01/anat/sub-01_acq-dixon_rec-fat_T1w.nii.gz",
+        "fixed_label": "DXA",
+    }
+    fat = save_image(Image(np.ones((5, 7), np.float32), np.eye(4)), tmp_path / "m0.nii.gz")
+    water = save_image(Image(np.zeros((5, 7), np.float32), np.eye(4)), tmp_path / "m1.nii.gz")
+    surface = tmp_path / "path.json"
+    surface.write_text(json.dumps({"z_mm": [0.0] * 7, "y_mm": [1.5] * 7, "found_spine": True}))
+    record = {
+        "side": "moving",
+        "channels": [
+            {"source": pair["moving"], "file": str(fat)},
+            {"source": pair["moving"].replace("fat", "water"), "file": str(water)},
+        ],
+        "path": str(surface),
+    }
+    out = tmp_path / "out"
+    row = {**_row(tmp_path, {}), "_midcoronal": record}
+    derivatives.write_pair_outputs(out, pair, row)
+    anat = out / "sub-01" / "anat"
+    written = anat / "sub-01_acq-dixon_rec-water_desc-midcoronal_T1w.nii.gz"
+    assert (
+        written.is_file()
+        and (anat / "sub-01_acq-dixon_rec-fat_desc-midcoronal_T1w.nii.gz").is_file()
+    )
+    meta = json.loads(written.with_name(written.name.replace(".nii.gz", ".json")).read_text())
+    assert meta["FoundSpine"] is True and meta["SurfaceYmm"] == [1.5] * 7
+    assert "DXA image was registered to" in meta["Description"]
+    assert len(meta["Sources"]) == 2
+    # A second method of the same pair leaves the slice as it is.
+    stamp = written.stat().st_mtime_ns
+    derivatives.write_pair_outputs(out, pair, {**row, "method": "sitk-rigid"})
+    assert written.stat().st_mtime_ns == stamp
+    # A failed row writes nothing.
+    derivatives.write_pair_outputs(tmp_path / "other", pair, {**row, "status": "failed"})
+    assert not (tmp_path / "other").exists()

@@ -14,12 +14,19 @@ import pytest
 from mmreg.bids_app import cli, group_matching, run
 from mmreg.bids_app.group import run_group_level
 from mmreg.bids_app.group_matching import (
+    SWAP_SUMMARY_COLUMNS,
+    MatchingResult,
     ScanPair,
     find_scan_pairs,
+    matching_section,
     run_matching,
     summarise_matching,
+    swap_detection_curve,
+    write_matching,
 )
 from mmreg.errors import InputError
+from mmreg.imaging.image import load_image
+from mmreg.imaging.slice_synthesis import synthesize_coronal_slice
 from mmreg.methods.contrastive.data import ChannelImage
 from mmreg.methods.contrastive.matching import MATCH_COLUMNS, SUMMARY_COLUMNS
 
@@ -31,8 +38,11 @@ SIMILARITY = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.7], [0.1, 0.6, 0.5]])
 
 
 def test_ranks_recall_and_swaps_by_hand() -> None:
-    table, summary, roc, recall = summarise_matching(SIMILARITY, ["a", "b", "c"])
+    table, summary, roc, recall, threshold = summarise_matching(SIMILARITY, ["a", "b", "c"])
     assert list(table.columns) == list(MATCH_COLUMNS)
+    # 6 different-subject pairs are too few for a within-cohort threshold at 4 %:
+    # the best-match rule decides.
+    assert threshold is None and np.isnan(summary["swap_threshold"].iloc[0])
     # DXA queries are rows, MR queries columns; c ranks its own scan second both ways.
     assert table["query_modality"].tolist() == ["dxa"] * 3 + ["mr"] * 3
     assert table["partner_rank"].tolist() == [1, 1, 2, 1, 1, 2]
@@ -40,7 +50,8 @@ def test_ranks_recall_and_swaps_by_hand() -> None:
     assert table["best_subject"].tolist() == ["a", "b", "b", "a", "b", "b"]
     assert table["swap_suspected"].tolist() == [False, False, True, False, False, True]
     row = summary.iloc[0]
-    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert list(summary.columns) == [*SUMMARY_COLUMNS, *SWAP_SUMMARY_COLUMNS]
+    assert row["n_swaps_suspected"] == 1
     assert row["n_subjects"] == 3
     assert row["recall_at_1"] == pytest.approx(4 / 6)
     assert (row["recall_at_5"], row["recall_at_10"]) == (1.0, 1.0)
@@ -52,6 +63,50 @@ def test_ranks_recall_and_swaps_by_hand() -> None:
     assert row["tpr_at_fpr_1pct"] == pytest.approx(2 / 3)
     assert recall["recall"].tolist() == pytest.approx([4 / 6, 1.0, 1.0])
     assert roc["tpr"].iloc[-1] == 1.0 and roc["fpr"].iloc[-1] == 1.0
+
+
+def test_within_cohort_swap_threshold(tmp_path: Path) -> None:
+    # 10 subjects: different-subject scores 0.00 .. 0.89 (90 of them), true pairs 0.95,
+    # except subject 3 (0.5: no better than half the unrelated pairs) and subject 7 (0.88,
+    # weak but above the top 4 % of the null).
+    s = np.zeros((10, 10))
+    s[~np.eye(10, dtype=bool)] = np.arange(90) / 100
+    np.fill_diagonal(s, 0.95)
+    s[3, 3], s[7, 7] = 0.5, 0.88
+    keys = [f"s{k}" for k in range(10)]
+    table, summary, _, _, threshold = summarise_matching(s, keys, alpha=0.04)
+    # 0.96 quantile of 90 scores ("higher"): 0.86.
+    assert threshold == pytest.approx(0.86)
+    flagged = sorted(set(table.loc[table["swap_suspected"], "query_subject"]))
+    assert flagged == ["s3"]
+    assert summary["n_swaps_suspected"].iloc[0] == 1
+    assert summary["swap_alpha"].iloc[0] == 0.04
+    # The files and the report section, with the injected-swap curve.
+    curve = swap_detection_curve(s, keys)
+    assert curve["caught"].is_monotonic_decreasing
+    result = MatchingResult(
+        "DXA",
+        "T1w",
+        keys,
+        s,
+        table,
+        summary,
+        *summarise_matching(s, keys)[2:4],
+        swap_threshold=threshold,
+        swap_curve=curve,
+    )
+    paths = write_matching(result, tmp_path)
+    written = pd.read_csv(paths["swap_detection"])
+    assert list(written.columns) == [
+        "swaps_per_trial",
+        "alpha",
+        "threshold",
+        "caught",
+        "false_alarms",
+    ]
+    section = matching_section(result)
+    assert "Injected swaps" in section and "data:image/png" in section
+    assert "below the top 4 % of this cohort's 90 pairs" in section
 
 
 # --- scans and channels ---------------------------------------------------------------------
@@ -124,7 +179,8 @@ def test_scans_load_as_the_participant_level_sees_them(tmp_path: Path) -> None:
     anat = tmp_path / "bids" / "sub-01" / "anat"
     _nifti(anat / "sub-01_acq-dixon_rec-water_T1w.nii.gz", (8, 8, 8))
     [scan] = find_scan_pairs(df).scans
-    dxa, mr = group_matching._load_scan(scan, 2, 2)
+    dxa, mr, derived = group_matching._load_scan(scan, 2, 2)
+    assert not derived  # no derivatives given: synthesised
     # DXA: bone + tissue on the DXA grid; MR: the fat and water mid-coronal slices.
     assert dxa.channels == 2 and dxa.shape == (16, 20)
     assert mr.channels == 2 and mr.data.min() >= 0.0 and mr.data.max() <= 1.0
@@ -153,14 +209,14 @@ def fake_scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     affine = np.diag([2.2, 2.2, 1.0, 1.0])
 
-    def load(scan: ScanPair, dxa_channels: int, mr_channels: int):
+    def load(scan: ScanPair, dxa_channels: int, mr_channels: int, output_dir: Path | None):
         calls.append(scan.key)
         if scan.key == "03":
             raise ValueError("corrupt or truncated file (EOFError)")
         rng = np.random.default_rng(int(scan.key))
         dxa = ChannelImage(rng.random((dxa_channels, 40, 60)), affine)
         mr = ChannelImage(rng.random((mr_channels, 30, 60)), affine)
-        return dxa, mr
+        return dxa, mr, False
 
     monkeypatch.setattr(group_matching, "_load_scan", load)
     return calls
@@ -206,8 +262,9 @@ def test_group_level_writes_matching_files_and_section(
     table = pd.read_csv(paths["matching"], dtype={"query_subject": str, "best_subject": str})
     summary = pd.read_csv(paths["matching_summary"])
     assert list(table.columns) == list(MATCH_COLUMNS)
-    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert list(summary.columns) == [*SUMMARY_COLUMNS, *SWAP_SUMMARY_COLUMNS]
     assert set(table["query_subject"]) == {"01", "02"}
+    assert "swap_detection" not in paths  # 2 subjects: no within-cohort threshold
     html = paths["report"].read_text(encoding="utf-8")
     assert "Subject matching and swap detection" in html
     assert "Suspected swaps" in html and "sub-03" in html  # the left-out subject is named
@@ -261,7 +318,8 @@ def test_cli_group_options(tmp_path: Path, tiny_model: Path, monkeypatch) -> Non
 
 @pytest.mark.slow
 def test_wholebody_demo_end_to_end(tmp_path: Path) -> None:
-    """3 phantom subjects, a contrastive model trained 1 epoch: table1 and matching written."""
+    """3 phantom subjects, a contrastive model trained 1 epoch: table1 and matching written;
+    the group level reads the participant level's mid-coronal slices."""
     from mmreg.methods.contrastive.train import (
         ContrastiveTrainSettings,
         PairImages,
@@ -306,8 +364,24 @@ def test_wholebody_demo_end_to_end(tmp_path: Path) -> None:
     matches = pd.read_csv(group / "matching.csv", dtype={"query_subject": str})
     assert sorted(matches["query_subject"]) == ["01", "01", "02", "02", "03", "03"]
     summary_row = pd.read_csv(group / "matching_summary.csv")
-    assert list(summary_row.columns) == list(SUMMARY_COLUMNS)
+    assert list(summary_row.columns) == [*SUMMARY_COLUMNS, *SWAP_SUMMARY_COLUMNS]
     assert summary_row["n_subjects"].item() == 3
+    # The participant level wrote each subject's mid-coronal slice (fat and water), the
+    # same as synthesising it from the raw files, and the group level read them.
+    bids = tmp_path / "d" / "bids"
+    anat = bids / "derivatives" / "mmreg" / "sub-01" / "anat"
+    fat = anat / "sub-01_acq-dixon_rec-fat_desc-midcoronal_T1w.nii.gz"
+    water = anat / "sub-01_acq-dixon_rec-water_desc-midcoronal_T1w.nii.gz"
+    raw = [
+        bids / "sub-01" / "anat" / f"sub-01_acq-dixon_rec-{c}_T1w.nii.gz" for c in ("fat", "water")
+    ]
+    again = synthesize_coronal_slice([load_image(p, ndim=3) for p in raw])
+    for derived, image in zip((fat, water), again.images, strict=True):
+        np.testing.assert_allclose(load_image(derived).data, image.data, rtol=1e-6)
+    meta = json.loads(fat.with_name(fat.name.replace(".nii.gz", ".json")).read_text())
+    assert meta["FoundSpine"] is True and len(meta["SurfaceYmm"]) == image.shape[1]
+    logs = (bids / "derivatives" / "mmreg" / "logs").glob("*/mmreg.log")
+    assert any("3 slices read from the participant level" in f.read_text() for f in logs)
     assert 0.0 <= summary_row["roc_auc"].item() <= 1.0
     html = (group / "report.html").read_text(encoding="utf-8")
     assert "Keypoint transfer error (cm" in html and "Subject matching" in html

@@ -93,3 +93,29 @@ def test_subpixel_peak_of_a_sampled_gaussian() -> None:
     assert row == pytest.approx(3.25, abs=0.05)
     assert col == pytest.approx(5.6, abs=0.05)
     assert value == values.max()
+
+
+def test_a_prior_keeps_ransac_off_an_implausible_consensus() -> None:
+    # 12 matches agree on a 40-degree turn, 8 on the true 2-degree one: RANSAC alone takes
+    # the larger set; with a +-12-degree prior it takes the plausible one.
+    rng = np.random.default_rng(3)
+    src = rng.uniform(-200, 200, (20, 2))
+    dst = np.empty_like(src)
+    dst[:12] = apply(rigid(40.0, (5.0, 0.0)), src[:12])
+    dst[12:] = apply(rigid(2.0, (-10.0, 4.0)), src[12:])
+    model, inliers = ransac_rigid(src, dst, threshold=2.0, rng=np.random.default_rng(0))
+    assert angle_of(model) == pytest.approx(40.0, abs=0.1) and inliers.sum() == 12
+
+    def accept(m: np.ndarray) -> bool:
+        return abs(angle_of(m)) <= 12.0
+
+    model, inliers = ransac_rigid(
+        src, dst, threshold=2.0, rng=np.random.default_rng(0), accept=accept
+    )
+    assert angle_of(model) == pytest.approx(2.0, abs=0.1)
+    assert np.flatnonzero(inliers).tolist() == list(range(12, 20))
+    refit, _ = lmeds_rigid(src[inliers], dst[inliers], rng=np.random.default_rng(0), accept=accept)
+    assert angle_of(refit) == pytest.approx(2.0, abs=0.1)
+    # Nothing plausible at all: no inliers, so the caller falls back.
+    _, none = ransac_rigid(src, dst, threshold=2.0, accept=lambda m: False)
+    assert not none.any()

@@ -11,12 +11,15 @@ from mmreg.methods.contrastive.matching import (
     calibrate_threshold,
     equal_error_rate,
     figure_png,
+    impostor_threshold,
     match_table,
     recall_curve,
     roc_auc,
     roc_curve,
     summarize,
+    swap_curve,
     swap_experiment,
+    swap_figure_png,
     tpr_at_fpr,
     true_pair_scores,
 )
@@ -136,6 +139,45 @@ def test_swap_experiment_threshold_versus_best_match() -> None:
     # Subject 0 is unswapped in half the trials and then 1 of 2 unswapped subjects.
     assert result.false_alarms_threshold == pytest.approx(0.25, abs=0.06)
     assert result.caught == 1.0
+
+
+def test_impostor_threshold_by_hand() -> None:
+    # 4 subjects: 12 different-subject scores 0.01 .. 0.12, true pairs 0.9.
+    s = np.full((4, 4), 0.9)
+    off = ~np.eye(4, dtype=bool)
+    s[off] = np.arange(1, 13) / 100
+    # Top 25 % of the null: 3 of 12 scores (0.10, 0.11, 0.12) lie above 0.09... the
+    # threshold is the 0.75 quantile ("higher"): the 9th smallest of 12 = 0.10.
+    assert impostor_threshold(s, alpha=0.25) == pytest.approx(0.10)
+    assert impostor_threshold(s, alpha=0.01) == pytest.approx(0.12)
+    # Subject labels decide which pairs are the null, not the diagonal.
+    names = list("abcd")
+    assert impostor_threshold(s, names, names, alpha=0.25) == pytest.approx(0.10)
+    with pytest.raises(ValueError, match="alpha"):
+        impostor_threshold(s, alpha=0.0)
+    with pytest.raises(ValueError, match="two subjects"):
+        impostor_threshold(np.ones((1, 1)))
+
+
+def test_within_cohort_swap_rule_catches_1_minus_alpha() -> None:
+    # Null scores ~ N(0, 1), true pairs ~ N(6, 1): the within-cohort threshold at level
+    # alpha catches about 1 - alpha of the swaps and, with this separation, never flags
+    # a correct subject.
+    rng = np.random.default_rng(0)
+    n = 80
+    s = rng.normal(0.0, 1.0, (n, n))
+    s[np.diag_indices(n)] = rng.normal(6.0, 1.0, n)
+    subjects = [f"s{i}" for i in range(n)]
+    result = swap_experiment(s, subjects, 5, alpha=0.05, trials=300, seed=0)
+    assert result.caught == pytest.approx(0.95, abs=0.02)
+    assert result.false_alarms == 0.0
+    assert result.alpha == 0.05 and result.threshold == pytest.approx(1.645, abs=0.15)
+    curve = swap_curve(s, subjects, 5, alphas=(0.01, 0.05, 0.2), trials=100)
+    assert curve["caught"].is_monotonic_decreasing  # a larger alpha lowers the threshold
+    assert curve["threshold"].is_monotonic_decreasing
+    with pytest.raises(ValueError, match="not both"):
+        swap_experiment(s, subjects, 5, alpha=0.05, threshold=1.0)
+    assert swap_figure_png(curve, alpha=0.05, n_swaps=5)[:4] == b"\x89PNG"
 
 
 def test_swap_experiment_checks_sizes() -> None:

@@ -25,6 +25,7 @@ from mmreg.methods.contrastive.register import (
     parse_settings,
     salient_cells,
 )
+from mmreg.pipeline import method_columns
 
 from .conftest import same_modality_pair
 
@@ -76,6 +77,21 @@ def test_salient_matching_recovers_the_shift() -> None:
     assert (matches.ratio < settings.ratio).all()
 
 
+def test_guided_matching_searches_only_near_the_guide() -> None:
+    # MR cell v = DXA cell v + (4, 3); a guide that is right finds the shift, a guide
+    # 5 cells (40 mm) off with a 20 mm window cannot, and finds nothing consistent.
+    dxa, mr = _maps((4, 3))
+    settings = ContrastiveSettings(search_mm=20.0)
+    right = dense_peak(dxa, mr).matrix
+    matches = match_salient(dxa, mr, settings, guide=right)
+    exact = np.all(np.abs(matches.dxa_cells - matches.mr_cells - [4, 3]) < 0.3, axis=1)
+    assert len(exact) >= 4 and exact.mean() > 0.9  # at the border, a neighbour may win
+    wrong = rigid(0.0, (40.0, 0.0)) @ right
+    off = match_salient(dxa, mr, settings, guide=wrong)
+    shifts = off.dxa_cells - off.mr_cells
+    assert not np.any(np.all(np.abs(shifts - [4, 3]) < 0.5, axis=1))
+
+
 def test_settings_parsing() -> None:
     s = parse_settings(ContrastiveSettings, {"angle_step": "1", "fixed_modality": "mr"})
     assert s.angle_step == 1.0 and s.fixed_modality == "mr"
@@ -116,6 +132,12 @@ def test_methods_register_both_directions(name: str, shared_encoder_model) -> No
         assert len(extras["keypoints_fixed"]) == len(extras["keypoints_moving"])
         if name == "contrastive-salient":
             assert extras["n_inliers"] >= 4
+            assert method_columns(extras) == {"salient_fallback": 0.0}
+            # min_inliers beyond any match count: the dense estimate, reported per pair.
+            strict = get_method(f"{name}:min_inliers=100000", models=models)
+            fallback = strict.register(fixed, moving).extras
+            assert fallback["fallback"] == "dense"
+            assert method_columns(fallback) == {"salient_fallback": 1.0}
             fixed_pts = np.asarray(extras["keypoints_fixed"])
             moving_pts = np.asarray(extras["keypoints_moving"])
             mapped = result.transform.map_points(fixed_pts)
