@@ -48,3 +48,39 @@ def test_shipped_weights_align_an_unseen_phantom() -> None:
     before = np.linalg.norm(points - truth, axis=1).mean()
     assert before > 80.0  # the phantom's scans are far apart in world coordinates
     assert after < 30.0, (before, after)
+
+
+REFINE = default_model_path("contrastive-refine")
+
+
+@pytest.mark.skipif(not REFINE.is_file(), reason="no shipped contrastive-refine weights")
+def test_shipped_refine_is_documented_and_aligns_an_unseen_phantom() -> None:
+    from mmreg.imaging.phantoms.wholebody import LANDMARK_NAMES, generate_wholebody_subject
+    from mmreg.imaging.slice_synthesis import synthesize_coronal_slice
+    from mmreg.methods.contrastive import refine as _refine  # noqa: F401  (registers it)
+
+    assert REFINE.stat().st_size <= 3 * 1024 * 1024
+    checkpoint = load_checkpoint(REFINE, method="contrastive-refine")
+    training = checkpoint.metadata["training"]
+    assert 20_000_000 <= training["phantom_seeds"][0] and training["command"]
+    # Trained to undo known perturbations: it must have learned (validation error, mm).
+    history = training["history"]
+    assert history[-1]["val_error_mm"] < 0.2 * history[0]["val_start_error_mm"]
+
+    torch.set_num_threads(1)
+    subject = generate_wholebody_subject(7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mid = synthesize_coronal_slice([subject.mr_fat, subject.mr_water])
+    dxa = np.stack([subject.dxa_bone.data, subject.dxa_tissue.data], axis=-1)
+    mr = np.stack([im.data for im in mid.images], axis=-1)
+    fixed = Image(dxa.astype(np.float32), subject.dxa_bone.affine)
+    moving = Image(mr.astype(np.float32), mid.grid.affine)
+    # Hips and S1 (the shoulders move between the scans: no rigid map fits them).
+    names = [n for n in LANDMARK_NAMES if not n.startswith("humeral")]
+    points = np.array([subject.landmarks_dxa[k] for k in names])
+    truth = np.array([subject.landmarks_mr_slice[k] for k in names])
+    result = get_method("contrastive-refine").register(fixed, moving)
+    after = np.linalg.norm(result.transform.map_points(points) - truth, axis=1).mean()
+    assert after < 10.0, after
+    assert len(result.extras["refine_steps"]) == 3
