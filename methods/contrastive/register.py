@@ -13,11 +13,14 @@ transform for whichever image is fixed (Windsor et al. 2021, section 2.3):
   (then the MR is encoded once more at the refined angle).
 * **contrastive-salient**: salient cells of each map (local maxima of distinctiveness:
   one minus the best similarity to any other cell of the same map away from its
-  neighbours) are matched to the other map by nearest neighbour, kept when the match is
-  mutual and passes Lowe's ratio test (nearest vs next-nearest outside the match's
-  neighbourhood), refined to sub-cell precision, and a rigid map is fitted by RANSAC
-  followed by a least-median-of-squares refit on the RANSAC inliers. With too few
-  inliers it falls back to the dense estimate (reported in the extras).
+  neighbours) are matched to the other map by nearest neighbour (by default only within
+  ``search_mm`` of where the dense estimate puts them: guided matching), kept when the
+  match is mutual and passes Lowe's ratio test (nearest vs next-nearest outside the
+  match's neighbourhood), placed to sub-cell precision by the patch around them, and a
+  rigid map is fitted by RANSAC followed by a least-median-of-squares refit on the RANSAC
+  inliers, both under the dense method's rotation and shift priors. With too few inliers
+  (or clustered ones) it falls back to the dense estimate (reported in the extras and as
+  the CSV column ``salient_fallback``).
 
 Which image is the DXA: ``fixed_modality=dxa|mr|auto`` (default ``auto``: both
 assignments are scored by the dense similarity at 0 degrees and the better one is used).
@@ -96,6 +99,8 @@ class ContrastiveSettings:
         search_mm: Salient: radius of the guided search window.
         min_spread_cells: Salient: the inliers must span at least this many cells (a
             rigid fit of clustered points has an arbitrary rotation), else dense.
+        patch_radius: Salient: each match is placed to sub-cell precision by the patch
+            of ``(2 r + 1)^2`` cells around it (0: by its one descriptor).
     """
 
     fixed_modality: str = "auto"
@@ -111,6 +116,7 @@ class ContrastiveSettings:
     guide: str = "dense"
     search_mm: float = 60.0
     min_spread_cells: float = 4.0
+    patch_radius: int = 3
 
     def __post_init__(self) -> None:
         if self.fixed_modality not in ("dxa", "mr", "auto"):
@@ -364,6 +370,72 @@ def _refine_cell(
     return out
 
 
+def _patch_scores(
+    src: npt.NDArray[np.float64],
+    src_mask: npt.NDArray[np.bool_],
+    p: npt.NDArray[np.int_],
+    tgt: npt.NDArray[np.float64],
+    tgt_mask: npt.NDArray[np.bool_],
+    q: npt.NDArray[np.int_],
+    radius: int,
+    reach: int,
+) -> npt.NDArray[np.float64]:
+    """``(2 reach + 1)^2`` mean similarities of the source patch around ``p`` (radius
+    ``radius``) placed at ``q + d`` in the target, for every offset ``d``; -inf where no
+    cell pair overlaps."""
+    out = np.full((2 * reach + 1, 2 * reach + 1), -np.inf)
+    u = np.stack(
+        np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1), indexing="ij"),
+        -1,
+    ).reshape(-1, 2)
+    a = p + u
+    ok_a = np.all((a >= 0) & (a < src_mask.shape), axis=1)
+    ok_a[ok_a] = src_mask[a[ok_a, 0], a[ok_a, 1]]
+    for i, di in enumerate(range(-reach, reach + 1)):
+        for j, dj in enumerate(range(-reach, reach + 1)):
+            b = q + np.array([di, dj]) + u
+            ok = ok_a & np.all((b >= 0) & (b < tgt_mask.shape), axis=1)
+            ok[ok] = tgt_mask[b[ok, 0], b[ok, 1]]
+            if ok.any():
+                dots = np.einsum(
+                    "dk,dk->k", src[:, a[ok, 0], a[ok, 1]], tgt[:, b[ok, 0], b[ok, 1]]
+                )
+                out[i, j] = float(dots.mean())
+    return out
+
+
+def _refine_patch(
+    src: FeatureMap, p: npt.NDArray[np.int_], tgt: FeatureMap, q: npt.NDArray[np.int_], radius: int
+) -> npt.NDArray[np.float64]:
+    """Sub-cell target position of a match from the patch around it, not one descriptor.
+
+    The source patch (``(2 radius + 1)^2`` cells) is compared with the target at every
+    offset within one cell of ``q`` and around; the best offset, refined per axis by a
+    parabola, gives the position. One cell's descriptor localises to about a cell; a
+    patch averages that error over its cells, as the dense correlation does over the map.
+    """
+    scores = _patch_scores(
+        src.values.double().numpy(),
+        src.mask,
+        p,
+        tgt.values.double().numpy(),
+        tgt.mask,
+        q,
+        radius,
+        reach=2,
+    )
+    inner = scores[1:4, 1:4]  # offsets -1..1: the match may move by a cell
+    i, j = np.unravel_index(int(np.argmax(inner)), inner.shape)
+    i, j = i + 1, j + 1
+    out = np.array([q[0] + i - 2, q[1] + j - 2], dtype=float)
+    for axis, (lo, hi) in enumerate(
+        ((scores[i - 1, j], scores[i + 1, j]), (scores[i, j - 1], scores[i, j + 1]))
+    ):
+        if np.isfinite(lo) and np.isfinite(hi):
+            out[axis] += geometry.parabola_offset(lo, float(scores[i, j]), hi)
+    return out
+
+
 def _window(
     src: FeatureMap,
     src_cells: npt.NDArray[np.int_],
@@ -432,7 +504,10 @@ def match_salient(
             if not mutual or ratio[k] >= settings.ratio or best_sim[k] <= -1.0:
                 continue
             p, q = src_cells[row], tgt_cells[best[k]]
-            q_sub = _refine_cell(maps[target], src_values[row], q)
+            if settings.patch_radius > 0:
+                q_sub = _refine_patch(maps[source], p, maps[target], q, settings.patch_radius)
+            else:
+                q_sub = _refine_cell(maps[target], src_values[row], q)
             pair = (tuple(p), tuple(q)) if source == "dxa" else (tuple(q), tuple(p))
             subs = (p.astype(float), q_sub) if source == "dxa" else (q_sub, p.astype(float))
             if pair not in found or ratio[k] < found[pair][1]:

@@ -77,6 +77,36 @@ def test_salient_matching_recovers_the_shift() -> None:
     assert (matches.ratio < settings.ratio).all()
 
 
+def test_patch_refinement_places_a_match_between_cells() -> None:
+    # A smooth random map shifted by (2.4, 1.7) cells (bilinear): a patch of cells finds
+    # the fractional shift better than a single descriptor.
+    from mmreg.methods.contrastive.register import _refine_cell, _refine_patch
+
+    rng = np.random.default_rng(0)
+    base = torch.nn.functional.avg_pool2d(torch.randn(1, 16, 28, 28), 3, 1, 1)[0]
+    src = torch.nn.functional.normalize(base[:, 4:20, 4:20], dim=0)
+    grid = torch.stack(torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij"), -1)
+    # Target cell v shows the content of source position v + (2.4, 1.7): source cell p
+    # lies at target p - (2.4, 1.7).
+    shift = np.array([2.4, 1.7])
+    coords = (grid + 4 + torch.tensor(shift, dtype=torch.float32)) / 27 * 2 - 1
+    sampled = torch.nn.functional.grid_sample(
+        base[None], coords[None, ..., [1, 0]], align_corners=True, mode="bilinear"
+    )[0]
+    tgt = torch.nn.functional.normalize(sampled, dim=0)
+    eye = np.eye(3)
+    fs = FeatureMap(src, eye, np.ones((16, 16), bool))
+    ft = FeatureMap(tgt, eye, np.ones((16, 16), bool))
+    errors_patch, errors_cell = [], []
+    for p in rng.integers(5, 11, (10, 2)):
+        truth = p - shift  # where source cell p lies in the target
+        q = np.rint(truth).astype(int)
+        errors_patch.append(np.abs(_refine_patch(fs, p, ft, q, 3) - truth).max())
+        errors_cell.append(np.abs(_refine_cell(ft, src[:, p[0], p[1]], q) - truth).max())
+    assert np.mean(errors_patch) < 0.15
+    assert np.mean(errors_patch) < 0.7 * np.mean(errors_cell)
+
+
 def test_guided_matching_searches_only_near_the_guide() -> None:
     # MR cell v = DXA cell v + (4, 3); a guide that is right finds the shift, a guide
     # 5 cells (40 mm) off with a 20 mm window cannot, and finds nothing consistent.
