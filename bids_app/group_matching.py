@@ -41,7 +41,7 @@ import html
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -490,7 +490,6 @@ _SWAP_HEADERS = {
 
 def matching_section(result: MatchingResult) -> str:
     """The report section: summary table, ROC and recall@K figure, suspected swaps."""
-    from mmreg.bids_app.report import data_uri
     from mmreg.methods.contrastive.matching import figure_png
 
     esc = html.escape
@@ -520,15 +519,12 @@ def matching_section(result: MatchingResult) -> str:
             index=False, escape=True, border=0, float_format=lambda v: f"{v:.3f}"
         ),
     ]
-    try:
-        png = figure_png({"contrastive": (result.roc, result.recall)})
-        caption = "ROC of true against impostor pairs, and recall@K"
-        parts.append(
-            f'<div class="figs"><figure><img src="{data_uri(png)}" alt="{esc(caption)}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure></div>"
+    parts.append(
+        _figure(
+            lambda: figure_png({"contrastive": (result.roc, result.recall)}),
+            "ROC of true against impostor pairs, and recall@K",
         )
-    except Exception as exc:  # a plot is never worth losing the report
-        LOGGER.warning("matching figure failed: %s", exc)
+    )
     if result.swap_curve is not None:
         parts.append(_swap_curve_html(result))
     swaps = result.table[result.table["swap_suspected"].astype(bool)]
@@ -558,8 +554,7 @@ def _angles_text() -> str:
 
 
 def _swap_curve_html(result: MatchingResult) -> str:
-    """Caught against false alarms from swaps injected into this cohort (figure + table)."""
-    from mmreg.bids_app.report import data_uri
+    """Caught against false alarms from swaps injected into this cohort (text + figure)."""
     from mmreg.methods.contrastive.matching import swap_figure_png
 
     curve = result.swap_curve
@@ -573,13 +568,27 @@ def _swap_curve_html(result: MatchingResult) -> str:
         "labelled subjects flagged (assumes the cohort's own labels are right). "
         "<code>group/swap_detection.csv</code>.</p>"
     ]
-    try:
-        png = swap_figure_png(curve, alpha=alpha, n_swaps=k)
-        caption = "Injected swaps: caught against false alarms over the test level alpha"
-        parts.append(
-            f'<div class="figs"><figure><img src="{data_uri(png)}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure></div>"
+    parts.append(
+        _figure(
+            lambda: swap_figure_png(curve, alpha=alpha, n_swaps=k),
+            "Injected swaps: caught against false alarms over the test level alpha",
         )
-    except Exception as exc:  # a plot is never worth losing the report
-        LOGGER.warning("swap-detection figure failed: %s", exc)
+    )
     return "\n".join(parts)
+
+
+def _figure(make_png: Callable[[], bytes], caption: str) -> str:
+    """A report figure; empty (with a log line) when drawing fails: a plot is never worth
+    losing the report."""
+    from mmreg.bids_app.report import data_uri
+
+    try:
+        png = make_png()
+    except Exception as exc:
+        LOGGER.warning("figure %r failed: %s", caption, exc)
+        return ""
+    esc = html.escape
+    return (
+        f'<div class="figs"><figure><img src="{data_uri(png)}" alt="{esc(caption)}">'
+        f"<figcaption>{esc(caption)}</figcaption></figure></div>"
+    )

@@ -303,25 +303,38 @@ def sample_surface(
         raise InputError(f"slice synthesis needs a 3D volume, got shape {volume.shape}")
     y = np.asarray(y, dtype=np.float64)
     nx, nz = grid.shape
-    xs = grid.affine[0, 3] + grid.affine[0, 0] * np.arange(nx)
-    zs = grid.affine[1, 3] + grid.affine[1, 1] * np.arange(nz)
     n_slab = 1
     if slab_mm > 0:
         n_slab = max(1, round(slab_mm / min(volume.spacing)) + 1)
     offsets = np.linspace(-0.5 * slab_mm, 0.5 * slab_mm, n_slab) if n_slab > 1 else [0.0]
-    inv = np.linalg.inv(volume.affine)
     data = volume.data if order == 0 else volume.data.astype(np.float32, copy=False)
     acc = np.zeros((nx, nz), np.float64)
     for dy in offsets:
-        world = np.stack(np.broadcast_arrays(xs[:, None], (y + dy)[None, :], zs[None, :]), -1)
-        ijk = world.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
-        acc += ndimage.map_coordinates(
-            data, ijk.T, order=order, mode="constant", cval=0.0, prefilter=order > 1
-        ).reshape(nx, nz)
+        acc += _sample_at_y(data, volume.affine, grid, y + dy, order=order)
     acc /= len(offsets)
     if order == 0:
         return Image(np.rint(acc).astype(np.int32), grid.affine)
     return Image(acc.astype(np.float32), grid.affine)
+
+
+def _sample_at_y(
+    data: npt.NDArray,
+    affine: Matrix4,
+    grid: Grid,
+    y: npt.NDArray[np.float64],
+    *,
+    order: int,
+) -> npt.NDArray:
+    """A volume's values at the world points ``(x_i, y[k], z_k)`` of a 2D slice grid."""
+    nx, nz = grid.shape
+    xs = grid.affine[0, 3] + grid.affine[0, 0] * np.arange(nx)
+    zs = grid.affine[1, 3] + grid.affine[1, 1] * np.arange(nz)
+    world = np.stack(np.broadcast_arrays(xs[:, None], y[None, :], zs[None, :]), -1)
+    inv = np.linalg.inv(affine)
+    ijk = world.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
+    return ndimage.map_coordinates(
+        data, ijk.T, order=order, mode="constant", cval=0, prefilter=order > 1
+    ).reshape(nx, nz)
 
 
 def project_labels(
@@ -362,13 +375,10 @@ def project_labels(
         raise InputError(f"label projection needs a 3D label map, got shape {labels.shape}")
     y = np.asarray(y, dtype=np.float64)
     nx, nz = grid.shape
-    xs = grid.affine[0, 3] + grid.affine[0, 0] * np.arange(nx)
-    zs = grid.affine[1, 3] + grid.affine[1, 1] * np.arange(nz)
     corners = np.array(list(np.ndindex(2, 2, 2))) * (np.array(labels.shape) - 1)
     world_y = (corners @ labels.affine[:3, :3].T + labels.affine[:3, 3])[:, 1]
     step = 0.5 * min(labels.spacing)  # every voxel along the line is visited
     ys = np.arange(world_y.min(), world_y.max() + step, step)
-    inv = np.linalg.inv(labels.affine)
     data = np.asarray(labels.data).astype(np.int32, copy=False)
     values = [v for v in np.unique(data) if v != 0]
     seen = {v: np.zeros((nx, nz), bool) for v in values}
@@ -377,13 +387,7 @@ def project_labels(
             inside = np.abs(y_mm - y) <= 0.5 * slab_mm
             if not inside.any():
                 continue
-        world = np.stack(
-            np.broadcast_arrays(xs[:, None], np.full(nz, y_mm)[None, :], zs[None, :]), -1
-        )
-        ijk = world.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
-        sampled = ndimage.map_coordinates(
-            data, ijk.T, order=0, mode="constant", cval=0, prefilter=False
-        ).reshape(nx, nz)
+        sampled = _sample_at_y(data, labels.affine, grid, np.full(nz, y_mm), order=0)
         if slab_mm is not None:
             sampled = np.where(inside[None, :], sampled, 0)
         for v in values:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,12 +29,13 @@ def test_shipped_checkpoint_is_small_verified_and_documented() -> None:
     assert training["command"]
 
 
-def test_shipped_weights_align_an_unseen_phantom() -> None:
-    from mmreg.imaging.phantoms.wholebody import LANDMARK_NAMES, generate_wholebody_subject
+def _unseen_phantom(seed: int) -> tuple[Any, Image, Image]:
+    """A phantom subject no weights saw: its DXA (fixed) and MR mid-coronal slice (moving)."""
+    from mmreg.imaging.phantoms.wholebody import generate_wholebody_subject
     from mmreg.imaging.slice_synthesis import synthesize_coronal_slice
 
     torch.set_num_threads(1)
-    subject = generate_wholebody_subject(7)
+    subject = generate_wholebody_subject(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mid = synthesize_coronal_slice([subject.mr_fat, subject.mr_water])
@@ -41,6 +43,13 @@ def test_shipped_weights_align_an_unseen_phantom() -> None:
     mr = np.stack([im.data for im in mid.images], axis=-1)
     fixed = Image(dxa.astype(np.float32), subject.dxa_bone.affine)
     moving = Image(mr.astype(np.float32), mid.grid.affine)
+    return subject, fixed, moving
+
+
+def test_shipped_weights_align_an_unseen_phantom() -> None:
+    from mmreg.imaging.phantoms.wholebody import LANDMARK_NAMES
+
+    subject, fixed, moving = _unseen_phantom(7)
     points = np.array([subject.landmarks_dxa[k] for k in LANDMARK_NAMES])
     truth = np.array([subject.landmarks_mr_slice[k] for k in LANDMARK_NAMES])
     result = get_method("contrastive-dense").register(fixed, moving)
@@ -55,8 +64,7 @@ REFINE = default_model_path("contrastive-refine")
 
 @pytest.mark.skipif(not REFINE.is_file(), reason="no shipped contrastive-refine weights")
 def test_shipped_refine_is_documented_and_aligns_an_unseen_phantom() -> None:
-    from mmreg.imaging.phantoms.wholebody import LANDMARK_NAMES, generate_wholebody_subject
-    from mmreg.imaging.slice_synthesis import synthesize_coronal_slice
+    from mmreg.imaging.phantoms.wholebody import LANDMARK_NAMES
     from mmreg.methods.contrastive import refine as _refine  # noqa: F401  (registers it)
 
     assert REFINE.stat().st_size <= 3 * 1024 * 1024
@@ -67,15 +75,7 @@ def test_shipped_refine_is_documented_and_aligns_an_unseen_phantom() -> None:
     history = training["history"]
     assert history[-1]["val_error_mm"] < 0.2 * history[0]["val_start_error_mm"]
 
-    torch.set_num_threads(1)
-    subject = generate_wholebody_subject(7)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mid = synthesize_coronal_slice([subject.mr_fat, subject.mr_water])
-    dxa = np.stack([subject.dxa_bone.data, subject.dxa_tissue.data], axis=-1)
-    mr = np.stack([im.data for im in mid.images], axis=-1)
-    fixed = Image(dxa.astype(np.float32), subject.dxa_bone.affine)
-    moving = Image(mr.astype(np.float32), mid.grid.affine)
+    subject, fixed, moving = _unseen_phantom(7)
     # Hips and S1 (the shoulders move between the scans: no rigid map fits them).
     names = [n for n in LANDMARK_NAMES if not n.startswith("humeral")]
     points = np.array([subject.landmarks_dxa[k] for k in names])
