@@ -197,8 +197,9 @@ def write_midcoronal(
     """The mid-coronal slice a 2D image was registered to, one file per channel of the 3D
     image (``naming.midcoronal_name``), with a sidecar holding the sampled spine path.
 
-    The same slice serves every method of the pair; it is written once (a file already
-    there from this run's first method is left as it is).
+    The same slice serves every method of the pair; each method's row writes it again
+    (atomically, the same bytes), so a rerun after the raw images changed never leaves a
+    stale slice behind.
     """
     side = record["side"]
     path_info = json.loads(Path(record["path"]).read_text()) if record.get("path") else {}
@@ -206,9 +207,6 @@ def write_midcoronal(
     for channel in record.get("channels", []):
         target = folder / naming.midcoronal_name(Path(channel["source"]).name)
         sidecar = _sidecar(target)
-        if target.is_file() and sidecar.is_file():
-            written.append(target)
-            continue
         atomic_copy(channel["file"], target)
         meta = {
             "Description": "Mid-coronal slice of the 3D image along its spine, the 2D image "
