@@ -22,6 +22,7 @@ from mmreg.atomic import atomic_copy, atomic_path, atomic_write_text
 from mmreg.bids_app import naming
 from mmreg.bids_app.columns import write_data_dictionary
 from mmreg.bids_app.ownership import OUTPUT_NAME
+from mmreg.methods.chain import step_extras
 
 #: Contract columns, in order; per-label and extra columns follow.
 CONTRACT_COLUMNS = (
@@ -272,7 +273,7 @@ def _write_predicted_dseg(
 
 def find_keypoints(extras: dict[str, Any]) -> tuple[list, list] | None:
     """``(fixed, moving)`` keypoints of a result, or of the first chain step that has them."""
-    for candidate in [extras, *(step.get("extras", {}) for step in extras.get("steps", []))]:
+    for candidate in step_extras(extras):
         if candidate.get("keypoints_fixed") and candidate.get("keypoints_moving"):
             return candidate["keypoints_fixed"], candidate["keypoints_moving"]
     return None

@@ -10,7 +10,17 @@ from mmreg.imaging.transform import Transform
 from mmreg.methods.base import Method, RegistrationResult, check_inputs
 from mmreg.methods.registry import CHAIN_SEPARATOR, get_method
 
-__all__ = ["ChainMethod", "run_chain"]
+__all__ = ["ChainMethod", "run_chain", "step_extras"]
+
+
+def step_extras(extras: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A result's extras, then each chain step's (a single method: just its own).
+
+    Example:
+        >>> step_extras({"a": 1, "steps": [{"method": "x", "extras": {"b": 2}}]})
+        [{'a': 1, 'steps': [{'method': 'x', 'extras': {'b': 2}}]}, {'b': 2}]
+    """
+    return [extras, *(step.get("extras", {}) for step in extras.get("steps", []))]
 
 
 class ChainMethod:

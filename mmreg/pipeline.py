@@ -26,6 +26,7 @@ from mmreg.imaging.preprocess import PreprocessOptions, prealign, preprocess
 from mmreg.imaging.transform import Transform
 from mmreg.methods import RegistrationResult, run_chain
 from mmreg.methods.base import CSV_COLUMNS_KEY
+from mmreg.methods.chain import step_extras
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,7 @@ def method_columns(extras: Mapping[str, Any]) -> dict[str, float]:
         {'a': 1.0}
     """
     out: dict[str, float] = {}
-    steps = [extras, *(step.get("extras", {}) for step in extras.get("steps", []))]
-    for step in steps:
+    for step in step_extras(extras):
         for key, value in (step.get(CSV_COLUMNS_KEY) or {}).items():
             out[str(key)] = float(value)
     return out

@@ -405,7 +405,12 @@ def _patch_scores(
 
 
 def _refine_patch(
-    src: FeatureMap, p: npt.NDArray[np.int_], tgt: FeatureMap, q: npt.NDArray[np.int_], radius: int
+    src: FeatureMap,
+    p: npt.NDArray[np.int_],
+    tgt: FeatureMap,
+    q: npt.NDArray[np.int_],
+    radius: int,
+    arrays: dict[int, npt.NDArray[np.float64]] | None = None,
 ) -> npt.NDArray[np.float64]:
     """Sub-cell target position of a match from the patch around it, not one descriptor.
 
@@ -413,16 +418,15 @@ def _refine_patch(
     offset within one cell of ``q`` and around; the best offset, refined per axis by a
     parabola, gives the position. One cell's descriptor localises to about a cell; a
     patch averages that error over its cells, as the dense correlation does over the map.
+    ``arrays``: a cache of the maps' values as float64 arrays (by ``id`` of the map), so
+    the many matches of one pair of maps convert them once.
     """
+    cache = {} if arrays is None else arrays
+    for fm in (src, tgt):
+        if id(fm) not in cache:
+            cache[id(fm)] = fm.values.double().numpy()
     scores = _patch_scores(
-        src.values.double().numpy(),
-        src.mask,
-        p,
-        tgt.values.double().numpy(),
-        tgt.mask,
-        q,
-        radius,
-        reach=2,
+        cache[id(src)], src.mask, p, cache[id(tgt)], tgt.mask, q, radius, reach=2
     )
     inner = scores[1:4, 1:4]  # offsets -1..1: the match may move by a cell
     i, j = np.unravel_index(int(np.argmax(inner)), inner.shape)
@@ -467,6 +471,7 @@ def match_salient(
     """
     ex = settings.exclusion_cells
     values = {"dxa": _flat(dxa), "mr": _flat(mr)}
+    arrays: dict[int, npt.NDArray[np.float64]] = {}  # float64 maps for the patch placement
     maps = {"dxa": dxa, "mr": mr}
     index = {
         name: {tuple(c): k for k, c in enumerate(cells)} for name, (_, cells) in values.items()
@@ -505,7 +510,9 @@ def match_salient(
                 continue
             p, q = src_cells[row], tgt_cells[best[k]]
             if settings.patch_radius > 0:
-                q_sub = _refine_patch(maps[source], p, maps[target], q, settings.patch_radius)
+                q_sub = _refine_patch(
+                    maps[source], p, maps[target], q, settings.patch_radius, arrays
+                )
             else:
                 q_sub = _refine_cell(maps[target], src_values[row], q)
             pair = (tuple(p), tuple(q)) if source == "dxa" else (tuple(q), tuple(p))
