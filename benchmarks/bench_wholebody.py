@@ -57,6 +57,7 @@ import pandas as pd
 from mmreg.bids_app.group_matching import CSLS_K, MATCH_ANGLES
 from mmreg.bids_app.landmark_groups import LANDMARK_GROUPS
 from mmreg.imaging.image import Image
+from mmreg.methods.contrastive.refine import REFERENCES as REFINE_REFERENCES
 
 DEFAULT_METHODS = (
     "identity,sitk-rigid,ants-rigid,contrastive-dense,contrastive-salient,contrastive-refine"
@@ -445,10 +446,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             pooling=args.pooling,
             seed=args.train_seed,
-            spacing_mm=args.spacing_mm,
-            learning_rate=args.lr,
-            softness=args.softness,
             init=str(args.init.resolve()) if args.init else "",
+            # Unset options keep ContrastiveTrainSettings' own defaults (one definition).
+            **{
+                key: value
+                for key, value in (
+                    ("spacing_mm", args.spacing_mm),
+                    ("learning_rate", args.lr),
+                    ("softness", args.softness),
+                )
+                if value is not None
+            },
         )
         start = time.perf_counter()
         model, summary = fit_contrastive(images, settings, device=args.device)
@@ -519,9 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--subjects", type=int, default=240)
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--refine-epochs", type=int, default=300)
-    train.add_argument("--spacing-mm", type=float, default=2.2, help="encoder grid (mm)")
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--softness", type=float, default=0.02)
+    train.add_argument("--spacing-mm", type=float, default=None, help="encoder grid (mm)")
+    train.add_argument("--lr", type=float, default=None, help="learning rate")
+    train.add_argument("--softness", type=float, default=None, help="initial max softness")
     train.add_argument(
         "--init", type=Path, default=None, help="contrastive checkpoint to start from"
     )
@@ -531,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--skip-refine", action="store_true")
     train.add_argument(
         "--refine-reference",
-        choices=("truth", "sitk-rigid", "salient"),
+        choices=("truth", *REFINE_REFERENCES),
         default="truth",
         help="alignment the refine perturbations are made around (truth: the phantom's)",
     )
