@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-granularity", default="task", choices=("task", "subject"))
     args = parser.parse_args(argv)
 
-    from mmreg.bids_app.demo_data import write_demo_dataset
+    from mmreg.imaging.phantoms.brain_dataset import write_demo_dataset
 
     out = args.out.resolve()
     bids, work, derivatives = out / "bids", out / "work", out / "derivatives"

@@ -38,7 +38,7 @@ BOUNDS = ("truth", "oracle")
 
 def dataset(seed: int, subjects: int, cache: Path) -> Path:
     """The BIDS folder of a whole-body demo cohort, written on first use."""
-    from mmreg.bids_app.demo_wholebody import write_wholebody_dataset
+    from mmreg.imaging.phantoms.wholebody_dataset import write_wholebody_dataset
 
     bids = cache / f"wholebody-seed{seed}-n{subjects}" / "bids"
     done = bids.parent / "complete"

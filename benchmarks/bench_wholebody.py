@@ -54,10 +54,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mmreg.bids_app.group_matching import CSLS_K, MATCH_ANGLES
-from mmreg.bids_app.landmark_groups import LANDMARK_GROUPS
 from mmreg.imaging.image import Image
+from mmreg.methods.contrastive.matching import CSLS_K, MATCH_ANGLES
 from mmreg.methods.contrastive.refine import REFERENCES as REFINE_REFERENCES
+from mmreg.reports.landmark_groups import LANDMARK_GROUPS
 
 DEFAULT_METHODS = (
     "identity,sitk-rigid,ants-rigid,contrastive-dense,contrastive-salient,contrastive-refine"

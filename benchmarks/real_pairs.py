@@ -111,7 +111,7 @@ def demo_pairs(n: int = 2, seed: int = 1000) -> list[BenchPair]:
     The subjects are those of a demo dataset made with ``seed``, with the true
     transform (pose and distortion), the phantom labels and its 11 landmarks.
     """
-    from mmreg.bids_app.demo_data import subject_seed
+    from mmreg.imaging.phantoms.bids_writer import subject_seed
     from mmreg.imaging.phantoms.brain import generate_brain_subject
 
     pairs = []

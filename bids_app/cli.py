@@ -26,6 +26,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import mmreg
 from mmreg.bids_app.config import (
@@ -36,21 +37,21 @@ from mmreg.bids_app.config import (
     WORKERS,
     Config,
 )
+from mmreg.bids_app.exit_codes import (
+    EXIT_NO_INPUT,
+    EXIT_NO_MATCH,
+    EXIT_NOT_BIDS,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    EXIT_USAGE,
+)
 from mmreg.bids_app.ownership import check_demo_dir, check_output_dir, check_writable_folder
 from mmreg.bids_app.parsing import Parser, ParserExit, no_exit, positive_int
 from mmreg.errors import InputError, MmregError, UsageError
-from mmreg.imaging.preprocess import DEFAULT_PREALIGN, PREALIGN_MODES
+from mmreg.imaging.preprocess import DEFAULT_PREALIGN, DEFAULT_SPACING, PREALIGN_MODES
 from mmreg.interrupts import EXIT_INTERRUPTED, Interrupted, interrupts_watched
 from mmreg.models import parse_models
 from mmreg.runtime import usable_cpus
-
-EXIT_OK = 0
-EXIT_USAGE = 64
-EXIT_NO_INPUT = 66
-EXIT_NOT_BIDS = 16
-EXIT_NO_MATCH = 18
-EXIT_SOME_FAILED = 65
-EXIT_SOFTWARE = 70
 
 #: The default when --methods is not given: robust across contrasts and poses.
 DEFAULT_METHODS = ("ants-affine",)
@@ -285,7 +286,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         choices=GRANULARITIES,
         default="auto",
         help="what one worker job runs: a single task, or a subject's whole pipeline; "
-        "auto: subject for slurm, task otherwise (default: %(default)s)",
+        "auto: subject for slurm, and for cf when there are at least as many subjects as "
+        "--nprocs (finished subjects appear while the run goes on); task otherwise "
+        "(default: %(default)s)",
     )
     group.add_argument(
         "--nprocs",
@@ -329,7 +332,7 @@ def _add_registration_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--resolution",
         type=_resolution,
-        default=2.0,
+        default=DEFAULT_SPACING,
         metavar="MM",
         help="isotropic working resolution in mm (default: %(default)s)",
     )
@@ -349,7 +352,7 @@ def _add_registration_options(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def _add_model_option(group: argparse._ArgumentGroup) -> None:
+def _add_model_option(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         "--model",
         action="append",
@@ -659,14 +662,9 @@ def check_output_location(bids_dir: Path, output_dir: Path, *, option: str = "OU
 
 
 def _check_device(device: str) -> None:
-    if device != "cuda":
-        return
-    try:
-        import torch
-    except ImportError:
-        raise UsageError("--device cuda: PyTorch is not installed") from None
-    if not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available (use --device auto)")
+    from mmreg.runtime import resolve_device
+
+    resolve_device(device)  # a UsageError when cuda is asked for and there is none
 
 
 def _check_worker(worker: str) -> None:
@@ -766,6 +764,13 @@ def apply_config_file(args: argparse.Namespace, explicit: set[str]) -> argparse.
     return args
 
 
+class _FilterFields(TypedDict, total=False):
+    """The :class:`Config` filter fields a run sets (left out: the defaults)."""
+
+    fixed: dict[str, str]
+    moving: tuple[dict[str, str], ...]
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Validate the parsed arguments against the file system and build the Config.
 
@@ -796,15 +801,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
     check_output_location(bids_dir, work_dir, option="--work-dir")
     check_output_dir(output_dir, work_dir=work_dir)
     check_writable_folder(work_dir, option="--work-dir")
+    ground_truth: Path | None
     if args.ground_truth is not None:
-        ground_truth: Path | None = args.ground_truth.resolve()
-        if not ground_truth.is_dir():
-            raise query.InputDirMissingError(f"ground-truth folder not found: {ground_truth}")
+        given: Path = args.ground_truth.resolve()
+        if not given.is_dir():
+            raise query.InputDirMissingError(f"ground-truth folder not found: {given}")
+        ground_truth = given
     else:
         default_gt = bids_dir / "derivatives" / "ground-truth"
         ground_truth = default_gt if default_gt.is_dir() else None
     fixed, moving = _filters(args)
-    extra = {}
+    extra: _FilterFields = {}
     if fixed is not None:
         extra["fixed"] = fixed
     if moving is not None:

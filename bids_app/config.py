@@ -19,12 +19,13 @@ from typing import Any
 
 import mmreg
 from mmreg.atomic import atomic_write_text
-from mmreg.imaging.preprocess import DEFAULT_PREALIGN, PREALIGN_MODES
+from mmreg.imaging.preprocess import DEFAULT_PREALIGN, DEFAULT_SPACING, PREALIGN_MODES
+from mmreg.records import GRANULARITIES as RUN_GRANULARITIES
+from mmreg.runtime import DEVICES
 
 ANALYSIS_LEVELS = ("participant", "group")
 WORKERS = ("debug", "cf", "slurm")
-GRANULARITIES = ("auto", "task", "subject")
-DEVICES = ("auto", "cpu", "cuda")
+GRANULARITIES = ("auto", *RUN_GRANULARITIES)
 #: ``--worker-args`` keys that become sbatch options for the slurm worker. Two more keys:
 #: ``poll`` (seconds between job-state checks) and ``sbatch`` (raw options, appended as given).
 SLURM_OPTIONS: dict[str, str] = {
@@ -94,8 +95,8 @@ class Config:
         worker: Pydra worker: ``debug``, ``cf`` or ``slurm``.
         nprocs: Parallel tasks for the ``cf`` worker.
         job_granularity: What one worker job is: ``task`` (every Pydra task), ``subject``
-            (a subject's whole pipeline in one job), or ``auto`` (``subject`` on SLURM,
-            where each job pays a queue wait and a fresh Python; ``task`` otherwise).
+            (a subject's whole pipeline in one job), or ``auto`` (see
+            :meth:`granularity_for`).
         worker_args: ``--worker-args`` as ``{key: value}`` (keys in :data:`WORKER_ARG_KEYS`);
             for the ``slurm`` worker, see :func:`slurm_worker_kwargs`.
         omp_nthreads: Threads inside each task (ITK, torch). 1 keeps results
@@ -137,7 +138,7 @@ class Config:
     omp_nthreads: int = 1
     random_seed: int = 0
     device: str = "auto"
-    resolution: float = 2.0
+    resolution: float = DEFAULT_SPACING
     prealign: str = DEFAULT_PREALIGN
     mask: bool = False
     coronal_slice: bool = False
@@ -188,12 +189,21 @@ class Config:
         if set(self.worker_args) - set(WORKER_ARG_KEYS):
             raise ValueError(f"worker_args keys must be among {WORKER_ARG_KEYS}")
 
-    @property
-    def granularity(self) -> str:
-        """The job granularity in effect (``auto`` resolved for the worker)."""
+    def granularity_for(self, n_subjects: int | None) -> str:
+        """The job granularity in effect for a run of ``n_subjects`` (``None``: many).
+
+        ``auto`` is ``subject`` on SLURM (each job pays a queue wait and a fresh Python),
+        and with the cf worker when there are at least as many subjects as processes:
+        subjects then run side by side, each one's results land as soon as it ends, and
+        the first subjects are done before the last start. With fewer subjects than
+        processes, ``task`` keeps every process busy.
+        """
         if self.job_granularity != "auto":
             return self.job_granularity
-        return "subject" if self.worker == "slurm" else "task"
+        if self.worker == "slurm":
+            return "subject"
+        many = n_subjects is None or n_subjects >= max(2, self.nprocs)
+        return "subject" if self.worker == "cf" and many else "task"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (tuples become lists)."""

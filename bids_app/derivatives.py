@@ -1,17 +1,19 @@
-"""The one step that writes participant-level derivatives.
+"""The one writer of participant-level derivatives.
 
-Workflow tasks only write into their own cache folders; after the workflow
-returns, this module copies each result into the BIDS derivatives layout of
-the contract (warped image, transform, JSON sidecars, per-subject CSV). Every
-file is written under a temporary name and renamed into place, so a reader
-(or a killed run) never sees a partial file.
+Workflow tasks write into their own work folders; at the end of each subject the
+derivatives sink (:class:`mmreg.tasks.sink.SubjectDerivatives`, fMRIPrep's
+``DerivativesDataSink`` pattern) calls :func:`write_subject_outputs`, which copies each
+result into the BIDS derivatives layout of the contract (warped image, transform, JSON
+sidecars, keypoints, per-subject CSV). File names come from :mod:`naming` alone. Every
+file is written under a temporary name and renamed into place, so a reader (or a killed
+run) never sees a partial file.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,11 @@ from mmreg.atomic import atomic_copy, atomic_path, atomic_write_text
 from mmreg.bids_app import naming
 from mmreg.bids_app.columns import write_data_dictionary
 from mmreg.bids_app.ownership import OUTPUT_NAME
+from mmreg.errors import MmregError
 from mmreg.methods.chain import step_extras
+from mmreg.records import PairRecord, ResultRow, SubjectOutcome
+
+LOGGER = logging.getLogger("mmreg.derivatives")
 
 #: Contract columns, in order; per-label and extra columns follow.
 CONTRACT_COLUMNS = (
@@ -112,34 +118,26 @@ def write_dataset_description(output_dir: Path, *, source: Path | None = None) -
     return path
 
 
-def write_pair_outputs(
-    output_dir: Path,
-    pair: dict[str, Any],
-    row: dict[str, Any],
-) -> dict[str, Any]:
+def write_pair_outputs(output_dir: Path, pair: PairRecord, row: ResultRow) -> dict[str, Any]:
     """Copy one (pair, method) result into the derivatives dataset.
 
     Returns:
-        The row with ``warped`` and ``transform`` set to the derivative paths
-        (relative to ``output_dir``); unchanged for a failed row.
+        The row's CSV record (:func:`public_row`), with ``warped`` and ``transform`` set to
+        the derivative paths (relative to ``output_dir``); a failed row writes nothing.
     """
-    if row.get("status") != "ok" or not row.get("_warped"):
-        return row
-    fixed, moving = pair["fixed_label"], pair["moving_label"]
-    folder = output_dir / naming.subject_dir(pair["subject"], pair.get("session"))
-    warped = folder / naming.warped_name(
-        pair["subject"], pair.get("session"), fixed, moving, row["method"]
-    )
-    ext = Path(row["_transform"]).suffix.lstrip(".")
-    xfm = folder / naming.xfm_name(
-        pair["subject"], pair.get("session"), fixed, moving, row["method"], ext
-    )
-    atomic_copy(row["_warped"], warped)
-    atomic_copy(row["_transform"], xfm)
-    moving_uri = naming.bids_uri(pair["moving"], pair.get("bids_dir"))
-    fixed_uri = naming.bids_uri(pair["fixed"], pair.get("bids_dir"))
+    if not row.ok or not row.warped:
+        return public_row(pair, row)
+    fixed, moving = pair.fixed_label, pair.moving_label
+    folder = output_dir / naming.subject_dir(pair.subject, pair.session)
+    warped = folder / naming.warped_name(pair.subject, pair.session, fixed, moving, row.method)
+    ext = Path(row.transform).suffix.lstrip(".")
+    xfm = folder / naming.xfm_name(pair.subject, pair.session, fixed, moving, row.method, ext)
+    atomic_copy(row.warped, warped)
+    atomic_copy(row.transform, xfm)
+    moving_uri = naming.bids_uri(pair.moving, pair.bids_dir or None)
+    fixed_uri = naming.bids_uri(pair.fixed, pair.bids_dir or None)
     source = [moving_uri, fixed_uri]
-    common = {"Method": row["method"], "GeneratedBy": f"mmreg {mmreg.__version__}"}
+    common = {"Method": row.method, "GeneratedBy": f"mmreg {mmreg.__version__}"}
     warped_meta = {
         "SpatialReference": fixed_uri,
         # bids::<path>: a file of this derivatives dataset (BIDS URI).
@@ -162,38 +160,98 @@ def write_pair_outputs(
     }
     atomic_write_text(_sidecar(warped), json.dumps(warped_meta, indent=2) + "\n")
     atomic_write_text(_sidecar(xfm), json.dumps(xfm_meta, indent=2) + "\n")
-    keypoints = find_keypoints(row.get("extras") or {})
+    keypoints = find_keypoints(row.extras)
     if keypoints is not None:
         for space, points, uri in (
             (fixed, keypoints[0], fixed_uri),
             (moving, keypoints[1], moving_uri),
         ):
             name = naming.keypoints_name(
-                pair["subject"], pair.get("session"), fixed, moving, row["method"], space
+                pair.subject, pair.session, fixed, moving, row.method, space
             )
             write_keypoints_tsv(folder / name, points)
             meta = {
-                "Description": f"Keypoints detected on the {space} image by {row['method']}, "
+                "Description": f"Keypoints detected on the {space} image by {row.method}, "
                 "in its world coordinates (RAS, mm); row k here matches row k of the other "
                 "image's file",
                 "SpatialReference": uri,
                 **common,
             }
             atomic_write_text(_sidecar(folder / name), json.dumps(meta, indent=2) + "\n")
-    if row.get("_midcoronal"):
-        write_midcoronal(folder, pair, row["_midcoronal"], common)
-    groups = (row.get("extras") or {}).get("label_groups") or []
-    for side, path in (row.get("_label_maps") or {}).items():
+    if row.midcoronal:
+        write_midcoronal(folder, pair, row.midcoronal, common)
+    groups = row.extras.get("label_groups") or []
+    for side, path in row.label_maps.items():
         _write_predicted_dseg(folder, pair, side, Path(path), common, groups)
     return {
-        **row,
+        **public_row(pair, row),
         "warped": warped.relative_to(output_dir).as_posix(),
         "transform": xfm.relative_to(output_dir).as_posix(),
     }
 
 
+def write_subject_outputs(
+    output_dir: Path,
+    subject: str,
+    pairs: Sequence[PairRecord],
+    rows: Sequence[ResultRow],
+    missing_rows: Sequence[Mapping[str, Any]] = (),
+) -> SubjectOutcome:
+    """Everything the participant level writes for one subject, in one place (the sink).
+
+    Each ok row's files go into the derivatives dataset (:func:`write_pair_outputs`), then
+    ``sub-<label>_evaluation.csv`` gets every row (the pairs that could not run, given as
+    ``missing_rows``, last), then ``sub-<label>.html`` (from the paths the table stores). A
+    row whose files cannot be written, or whose work files no longer match their seal,
+    fails with the reason; nothing here raises for one row, and a report that cannot be
+    made is a warning.
+
+    Returns:
+        The CSV rows, the failures' tracebacks and the damaged work folders.
+    """
+    from mmreg.cache import check_seal
+
+    by_id = {p.pair_id: p for p in pairs}
+    out: list[dict[str, Any]] = []
+    tracebacks, damaged = [], []
+    for row in rows:
+        pair = by_id[row.pair_id]
+        for path in (row.warped, row.transform) if row.ok else ():
+            why = "missing" if not Path(path).is_file() else check_seal(Path(path).parent)
+            if path and why:
+                damaged.append(str(Path(path).parent))
+                row = row.failed(f"a work file of this result is damaged ({why}); run again")
+        if row.traceback:
+            tracebacks.append((row.pair_id, row.method, row.traceback))
+        try:
+            out.append(write_pair_outputs(output_dir, pair, row))
+        except (OSError, MmregError) as exc:
+            out.append(public_row(pair, row.failed(f"could not write derivatives: {exc}")))
+    out.extend(dict(r) for r in missing_rows)
+    try:
+        write_subject_csv(output_dir, subject, out)
+    except OSError as exc:  # a full or read-only disk: this subject's table is lost
+        reason = f"could not write sub-{subject}_evaluation.csv: {exc.strerror or exc}"
+        out = [{**r, "status": "failed", "error": reason} for r in out]
+    else:
+        _write_subject_report(output_dir, subject, pairs)
+    return SubjectOutcome(subject, tuple(out), tuple(tracebacks), tuple(dict.fromkeys(damaged)))
+
+
+def _write_subject_report(output_dir: Path, subject: str, pairs: Sequence[PairRecord]) -> None:
+    from mmreg.reports.group import write_subject_report
+
+    bids_dirs = sorted({p.bids_dir for p in pairs if p.bids_dir})
+    try:
+        write_subject_report(
+            output_dir, subject, bids_dir=Path(bids_dirs[0]) if bids_dirs else None
+        )
+    except (OSError, MmregError) as exc:  # a report is never worth a subject's results
+        LOGGER.warning("sub-%s: no subject report (%s)", subject, exc)
+
+
 def write_midcoronal(
-    folder: Path, pair: dict[str, Any], record: dict[str, Any], common: dict[str, Any]
+    folder: Path, pair: PairRecord, record: Mapping[str, Any], common: Mapping[str, Any]
 ) -> list[Path]:
     """The mid-coronal slice a 2D image was registered to, one file per channel of the 3D
     image (``naming.midcoronal_name``), with a sidecar holding the sampled spine path.
@@ -211,10 +269,10 @@ def write_midcoronal(
         atomic_copy(channel["file"], target)
         meta = {
             "Description": "Mid-coronal slice of the 3D image along its spine, the 2D image "
-            f"the {pair[f'{_other(side)}_label']} image was registered to (before any "
+            f"the {pair.label(_other(side))} image was registered to (before any "
             "intensity preprocessing)",
             "Sources": [
-                naming.bids_uri(c["source"], pair.get("bids_dir")) for c in record["channels"]
+                naming.bids_uri(c["source"], pair.bids_dir or None) for c in record["channels"]
             ],
             "SpatialReference": "2D: x is the volume's x (left-right), y its z "
             "(superior-inferior), world mm",
@@ -235,10 +293,10 @@ def _other(side: str) -> str:
 
 def _write_predicted_dseg(
     folder: Path,
-    pair: dict[str, Any],
+    pair: PairRecord,
     side: str,
     path: Path,
-    common: dict[str, Any],
+    common: Mapping[str, Any],
     groups: Sequence[Sequence[int]],
 ) -> None:
     """A method's predicted segmentation of one image, resampled onto that image's grid,
@@ -247,20 +305,18 @@ def _write_predicted_dseg(
     from mmreg.imaging.transform import Transform
 
     labels = load_labels(path)
-    grid = read_grid(pair[side])
+    grid = read_grid(pair.image(side))
     if grid.ndim != labels.ndim:  # e.g. a whole-body slice of a 3D image: not written
         return
     on_grid = Transform.identity(grid.ndim).apply(labels, grid, interpolation="nearest")
-    space = pair[f"{side}_label"]
-    name = naming.dseg_name(
-        pair["subject"], pair.get("session"), pair["fixed_label"], pair["moving_label"], space
-    )
+    space = pair.label(side)
+    name = naming.dseg_name(pair.subject, pair.session, pair.fixed_label, pair.moving_label, space)
     with atomic_path(folder / name) as tmp:
         save_image(on_grid.with_data(on_grid.data.astype("int16")), tmp)
     meta = {
         "Description": f"Segmentation of the {space} image predicted by {common['Method']} "
         "(label values as in the training ground truth)",
-        "SpatialReference": naming.bids_uri(pair[side], pair.get("bids_dir")),
+        "SpatialReference": naming.bids_uri(pair.image(side), pair.bids_dir or None),
         **common,
     }
     atomic_write_text(_sidecar(folder / name), json.dumps(meta, indent=2) + "\n")
@@ -271,7 +327,7 @@ def _write_predicted_dseg(
     atomic_write_text(tsv, "index\tname\n" + "".join(rows))
 
 
-def find_keypoints(extras: dict[str, Any]) -> tuple[list, list] | None:
+def find_keypoints(extras: Mapping[str, Any]) -> tuple[list, list] | None:
     """``(fixed, moving)`` keypoints of a result, or of the first chain step that has them."""
     for candidate in step_extras(extras):
         if candidate.get("keypoints_fixed") and candidate.get("keypoints_moving"):
@@ -305,30 +361,31 @@ def order_columns(columns: Iterable[str]) -> list[str]:
     return head + dice + rest
 
 
-def public_row(pair: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    """A CSV row: pair identity + metrics, private (``_``) entries dropped."""
-    out = {
-        "subject": pair["subject"],
-        "session": pair.get("session") or "",
-        "fixed": pair["fixed_label"],
-        "moving": pair["moving_label"],
+def public_row(pair: PairRecord, row: ResultRow) -> dict[str, Any]:
+    """A CSV row: the pair's identity, the row's status and metrics."""
+    return {
+        "subject": pair.subject,
+        "session": pair.session or "",
+        "fixed": pair.fixed_label,
+        "moving": pair.moving_label,
         # BIDS URIs (bids:raw:<path in BIDS_DIR>): the table stays valid when moved.
-        "fixed_image": naming.bids_uri(pair["fixed"], pair.get("bids_dir"))
-        if pair.get("fixed")
-        else "",
-        "moving_image": naming.bids_uri(pair["moving"], pair.get("bids_dir"))
-        if pair.get("moving")
-        else "",
+        "fixed_image": naming.bids_uri(pair.fixed, pair.bids_dir or None) if pair.fixed else "",
+        "moving_image": naming.bids_uri(pair.moving, pair.bids_dir or None) if pair.moving else "",
+        "method": row.method,
+        "status": row.status,
+        "error": row.error or "",
+        "runtime_s": row.runtime_s,
+        **row.metrics,
+        "warnings": row.warnings,
     }
-    for key, value in row.items():
-        if key.startswith("_") or key == "extras":
-            continue
-        out[key] = value
-    if out.get("error") is None or (
-        isinstance(out.get("error"), float) and math.isnan(out["error"])
-    ):
-        out["error"] = ""
-    return out
+
+
+def missing_row(
+    subject: str, session: str | None, fixed: str, moving: str, method: str, reason: str
+) -> dict[str, Any]:
+    """The CSV row of a pair that could not be run at all."""
+    pair = PairRecord(subject, session, "", "", fixed, moving)
+    return public_row(pair, ResultRow("", method, "failed", error=reason))
 
 
 def write_subject_csv(output_dir: Path, subject: str, rows: Sequence[dict[str, Any]]) -> Path:

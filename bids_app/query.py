@@ -56,9 +56,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmreg.bids_app import naming
-from mmreg.bids_app.config import Config, describe_filter
+from mmreg.bids_app.config import DEFAULT_FIXED, DEFAULT_MOVING, Config, describe_filter
 from mmreg.errors import InputError, UsageError
-from mmreg.records import LabelledImage
+from mmreg.records import LabelledImage, PairRecord
 
 if TYPE_CHECKING:
     from bids import BIDSLayout
@@ -134,45 +134,9 @@ class NoMatchError(InputError):
     """A filter selected no image at all. Exit code 18."""
 
 
-@dataclass(frozen=True)
-class Pair:
-    """One registration to run: a moving image onto a fixed image of one subject.
-
-    Attributes:
-        subject: Subject label without ``sub-``.
-        session: Session label without ``ses-`` (the moving image's), or ``None``.
-        fixed: Absolute path of the fixed image.
-        moving: Absolute path of the moving image.
-        fixed_label: Modality label of the fixed image in output names (``T1w``).
-        moving_label: Modality label of the moving image (``T2w``, ``T2wHighres``).
-        fixed_dseg: Ground-truth label map on the fixed image's grid, or ``None``.
-        moving_dseg: Ground-truth label map on the moving image's grid, or ``None``.
-        fixed_landmarks: Ground-truth landmarks TSV of the fixed image, or ``None``.
-        moving_landmarks: Ground-truth landmarks TSV of the moving image, or ``None``.
-        pair_id: ``sub-<l>[_ses-<s>]_from-<moving>_to-<fixed>``; unique in a run.
-    """
-
-    subject: str
-    session: str | None
-    fixed: str
-    moving: str
-    fixed_label: str
-    moving_label: str
-    fixed_dseg: str | None = None
-    moving_dseg: str | None = None
-    fixed_landmarks: str | None = None
-    moving_landmarks: str | None = None
-    pair_id: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible dict with every field."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Pair:
-        """Inverse of :meth:`to_dict`; extra keys (e.g. ``bids_dir``) are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+#: One registration to run, as the query finds it (``bids_dir`` and ``inputs_sha256`` are
+#: filled in by the run); the typed record every layer passes on.
+Pair = PairRecord
 
 
 @dataclass(frozen=True)
@@ -280,9 +244,9 @@ def read_label_file(path: str | os.PathLike[str]) -> list[str]:
         # participants.tsv is UTF-8 in BIDS, whatever the locale of a container.
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"--participant-label: cannot read {path}: {exc.strerror or exc}"
-        ) from exc
+        # A UnicodeDecodeError has no strerror (it is a ValueError, not an OSError).
+        reason = exc.strerror if isinstance(exc, OSError) else None
+        raise UsageError(f"--participant-label: cannot read {path}: {reason or exc}") from exc
     labels: list[str] = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
@@ -1009,27 +973,36 @@ def labelled_images(
     return out
 
 
-def find_pairs(
-    config: Config, layout: BIDSLayout | None = None
-) -> tuple[list[Pair], list[MissingPair]]:
-    """Select the images of the run and pair them.
+@dataclass(frozen=True)
+class _Filters:
+    """The run's fixed and moving filters (default suffixes filled in) as the CLI shows them."""
 
-    Args:
-        config: The run configuration (``bids_dir``, ``participant_labels``,
-            ``fixed``, ``moving``, ``ground_truth``, ``work_dir``, ``max_pairs``).
-        layout: An already built layout (tests); built from ``config`` otherwise.
+    fixed: dict[str, str]
+    moving: list[dict[str, str]]
+    fixed_option: str
+    moving_options: list[str]
+    cross_session: bool  # the fixed filter names a session: fixed image from that session
 
-    Returns:
-        ``(pairs, missing)``: the pairs to register, sorted by subject,
-        session and labels; and one :class:`MissingPair` per subject/session
-        and moving filter that cannot be run, to be reported as failed rows.
+    @classmethod
+    def of(cls, config: Config) -> _Filters:
+        fixed = _with_default_suffix(config.fixed, DEFAULT_FIXED)
+        moving = [_with_default_suffix(m, DEFAULT_MOVING) for m in config.moving]
+        return cls(
+            fixed=fixed,
+            moving=moving,
+            fixed_option=f"--fixed {describe_filter(fixed)}",
+            moving_options=[f"--moving {describe_filter(m)}" for m in moving],
+            cross_session=any(_LONG_TO_SHORT.get(k, k) == "ses" for k in fixed),
+        )
 
-    Raises:
-        InputDirMissingError: BIDS_DIR or the ground-truth folder does not exist (66).
-        NotBidsError: BIDS_DIR is not a BIDS dataset (16).
-        NoMatchError: The fixed filter, or one moving filter, matches no image (18).
-        UsageError: Invalid filters or participant labels (64).
-    """
+
+#: ``(subject, session, moving filter index, reason)`` of a pair that cannot be made.
+_Problem = tuple[str, str | None, int, str]
+
+
+def _scan_input(config: Config) -> tuple[Path, DatasetScan]:
+    """Check BIDS_DIR and the ground-truth folder; list the subject folders (warning about
+    invalid labels)."""
     root = check_bids_dir(config.bids_dir).resolve()
     if config.ground_truth is not None and not Path(config.ground_truth).is_dir():
         raise InputDirMissingError(f"ground-truth folder not found: {config.ground_truth}")
@@ -1045,37 +1018,36 @@ def find_pairs(
             f"not a BIDS dataset: no sub-<label> folder with a valid label in {root} "
             f"(labels are ASCII letters and digits; skipped {', '.join(scan.invalid[:5])})"
         )
-    if layout is None:
-        LOG.info("indexing BIDS dataset %s", root)
-        layout = load_layout(root, Path(config.work_dir) / "bids_db", scan=scan)
-    selected = select_subjects(layout, config.participant_labels, scan=scan)
-    # A subject whose folder cannot be indexed fails on its own; the others still run.
-    broken = {s: scan.problems[s] for s in selected if s in scan.problems}
-    subjects = [s for s in selected if s not in broken]
-    sessions_of: dict[str, list[str]] = {}
-    if config.session_labels and subjects:
-        sessions_of = _select_sessions(layout, root, config.session_labels, subjects)
-        subjects = [s for s in subjects if s in sessions_of]
+    return root, scan
 
-    fixed_filter = _with_default_suffix(config.fixed, {"suffix": "T1w"})
-    moving_filters = [_with_default_suffix(m, {"suffix": "T2w"}) for m in config.moving]
-    fixed_option = f"--fixed {describe_filter(fixed_filter)}"
-    moving_options = [f"--moving {describe_filter(m)}" for m in moving_filters]
 
+def _select_images(
+    layout: BIDSLayout,
+    root: Path,
+    scan: DatasetScan,
+    config: Config,
+    filters: _Filters,
+    subjects: Sequence[str],
+) -> tuple[list[_Image], list[list[_Image]]]:
+    """The fixed images and the moving images of each filter in ``subjects`` (and the
+    requested sessions).
+
+    Raises:
+        NoMatchError: A filter matches no image in ``subjects``.
+    """
     fixed_images: list[_Image] = []
-    moving_images: list[list[_Image]] = [[] for _ in moving_filters]
+    moving_images: list[list[_Image]] = [[] for _ in filters.moving]
     if subjects:  # else every selected subject is broken: only failed rows to write
-        fixed_images = _select(layout, root, fixed_filter, subjects, scan.subjects)
-        moving_images = [_select(layout, root, m, subjects, scan.subjects) for m in moving_filters]
-    cross_session = any(_LONG_TO_SHORT.get(k, k) == "ses" for k in fixed_filter)
+        fixed_images = _select(layout, root, filters.fixed, subjects, scan.subjects)
+        moving_images = [_select(layout, root, m, subjects, scan.subjects) for m in filters.moving]
     if config.session_labels:
         wanted = set(config.session_labels)
         moving_images = [[i for i in imgs if i.session in wanted] for imgs in moving_images]
-        if not cross_session:  # a fixed image named by session stays, as in longitudinal use
+        if not filters.cross_session:  # a fixed image named by session stays (longitudinal)
             fixed_images = [i for i in fixed_images if i.session in wanted]
     for images, option in [
-        (fixed_images, fixed_option),
-        *zip(moving_images, moving_options, strict=True),
+        (fixed_images, filters.fixed_option),
+        *zip(moving_images, filters.moving_options, strict=True),
     ]:
         if subjects and not images:
             suffixes = sorted(
@@ -1085,51 +1057,115 @@ def find_pairs(
                 f"no NIfTI image matches {option} in {len(subjects)} subject(s); "
                 f"suffixes present: {', '.join(suffixes) or 'none'}"
             )
+    return fixed_images, moving_images
 
+
+def _pair_session(
+    subject: str,
+    session: str | None,
+    fixed_pool: Sequence[_Image],
+    moving_here: Sequence[Sequence[_Image]],
+    filters: _Filters,
+) -> tuple[list[tuple[str | None, _Image, _Image]], list[_Problem]]:
+    """The (session, fixed, moving) candidates of one subject/session, and its problems."""
     candidates: list[tuple[str | None, _Image, _Image]] = []
-    problems: list[tuple[str, str | None, int, str]] = []  # subject, session, filter idx, reason
-    for subject, reason in broken.items():
-        problems += [(subject, None, index, reason) for index in range(len(moving_filters))]
-    for subject in subjects:
-        fixed_here = [i for i in fixed_images if i.subject == subject]
-        moving_here = [[i for i in imgs if i.subject == subject] for imgs in moving_images]
-        sessions = sorted(
-            {i.session for i in fixed_here if not cross_session}
-            | {i.session for imgs in moving_here for i in imgs},
-            key=lambda s: (s is not None, s or ""),
-        )
-        for session in sessions or sessions_of.get(subject) or [None]:
-            fixed_pool = (
-                fixed_here if cross_session else [i for i in fixed_here if i.session == session]
+    problems: list[_Problem] = []
+    for index, (imgs, option) in enumerate(zip(moving_here, filters.moving_options, strict=True)):
+        movs = [i for i in imgs if i.session == session]
+        if not fixed_pool:
+            reason = f"missing modality: no file matches {filters.fixed_option}"
+            problems.append((subject, session, index, reason))
+            continue
+        if not movs:
+            problems.append(
+                (subject, session, index, f"missing modality: no file matches {option}")
             )
-            for index, (imgs, option) in enumerate(zip(moving_here, moving_options, strict=True)):
-                movs = [i for i in imgs if i.session == session]
-                if not fixed_pool:
-                    problems.append(
-                        (
-                            subject,
-                            session,
-                            index,
-                            f"missing modality: no file matches {fixed_option}",
-                        )
-                    )
-                    continue
-                if not movs:
-                    problems.append(
-                        (subject, session, index, f"missing modality: no file matches {option}")
-                    )
-                    continue
-                for moving in movs:
-                    fixed, reason = _choose_fixed(fixed_pool, moving, fixed_option)
-                    if fixed is None:
-                        problems.append((subject, session, index, reason))
-                    else:
-                        candidates.append((session, fixed, moving))
+            continue
+        for moving in movs:
+            fixed, reason = _choose_fixed(fixed_pool, moving, filters.fixed_option)
+            if fixed is None:
+                problems.append((subject, session, index, reason))
+            else:
+                candidates.append((session, fixed, moving))
+    return candidates, problems
 
-    # The same image may match two moving filters; register it once.
-    unique = list({(f.path, m.path): (s, f, m) for s, f, m in candidates}.values())
-    needed, labels = _labels(unique)
-    gt = _GroundTruthIndex(config.ground_truth)
+
+def _pair_subject(
+    subject: str,
+    fixed_images: Sequence[_Image],
+    moving_images: Sequence[Sequence[_Image]],
+    filters: _Filters,
+    requested_sessions: Sequence[str],
+) -> tuple[list[tuple[str | None, _Image, _Image]], list[_Problem]]:
+    """The candidates and problems of one subject, session by session."""
+    fixed_here = [i for i in fixed_images if i.subject == subject]
+    moving_here = [[i for i in imgs if i.subject == subject] for imgs in moving_images]
+    sessions = sorted(
+        {i.session for i in fixed_here if not filters.cross_session}
+        | {i.session for imgs in moving_here for i in imgs},
+        key=lambda s: (s is not None, s or ""),
+    )
+    candidates: list[tuple[str | None, _Image, _Image]] = []
+    problems: list[_Problem] = []
+    for session in sessions or requested_sessions or [None]:
+        fixed_pool = (
+            fixed_here
+            if filters.cross_session
+            else [i for i in fixed_here if i.session == session]
+        )
+        found, failed = _pair_session(subject, session, fixed_pool, moving_here, filters)
+        candidates += found
+        problems += failed
+    return candidates, problems
+
+
+def _select_subjects_and_sessions(
+    layout: BIDSLayout, root: Path, scan: DatasetScan, config: Config
+) -> tuple[list[str], dict[str, str], dict[str, list[str]]]:
+    """The subjects to pair, those whose folder cannot be indexed (subject -> reason), and
+    the requested sessions each subject has (empty without ``--session-label``)."""
+    selected = select_subjects(layout, config.participant_labels, scan=scan)
+    # A subject whose folder cannot be indexed fails on its own; the others still run.
+    broken = {s: scan.problems[s] for s in selected if s in scan.problems}
+    subjects = [s for s in selected if s not in broken]
+    sessions_of: dict[str, list[str]] = {}
+    if config.session_labels and subjects:
+        sessions_of = _select_sessions(layout, root, config.session_labels, subjects)
+        subjects = [s for s in subjects if s in sessions_of]
+    return subjects, broken, sessions_of
+
+
+def _pair_all(
+    subjects: Sequence[str],
+    broken: Mapping[str, str],
+    sessions_of: Mapping[str, list[str]],
+    fixed_images: Sequence[_Image],
+    moving_images: Sequence[Sequence[_Image]],
+    filters: _Filters,
+) -> tuple[list[tuple[str | None, _Image, _Image]], list[_Problem]]:
+    """The candidates of every subject, and the problems: a broken subject has one per
+    moving filter."""
+    candidates: list[tuple[str | None, _Image, _Image]] = []
+    problems: list[_Problem] = []
+    for subject, reason in broken.items():
+        problems += [(subject, None, index, reason) for index in range(len(filters.moving))]
+    for subject in subjects:
+        found, failed = _pair_subject(
+            subject, fixed_images, moving_images, filters, sessions_of.get(subject, [])
+        )
+        candidates += found
+        problems += failed
+    return candidates, problems
+
+
+def _make_pairs(
+    unique: Sequence[tuple[str | None, _Image, _Image]],
+    labels: Mapping[str, str],
+    ground_truth: str | None,
+) -> tuple[list[Pair], list[MissingPair]]:
+    """One :class:`Pair` per candidate with its ground truth; a :class:`MissingPair` for
+    one whose image is gone or whose outputs would overwrite another pair's."""
+    gt = _GroundTruthIndex(ground_truth)
     pairs: list[Pair] = []
     missing: list[MissingPair] = []
     taken: set[str] = set()
@@ -1174,31 +1210,35 @@ def find_pairs(
                 pair_id=pid,
             )
         )
-    fixed_default = _filter_label(fixed_filter, needed)
-    for subject, session, index, reason in problems:
-        missing.append(
-            MissingPair(
-                subject,
-                session,
-                fixed_default,
-                _filter_label(moving_filters[index], needed),
-                reason,
-            )
-        )
+    return pairs, missing
 
-    def order(p: Pair | MissingPair) -> tuple[str, str, str, str]:
-        return (p.subject, p.session or "", p.moving_label, p.fixed_label)
 
-    pairs.sort(key=order)
-    missing.sort(key=order)
-    if config.max_pairs is not None and len(pairs) > config.max_pairs:
-        LOG.info(
-            "--max-pairs %d: registering %d of %d pair(s)",
-            config.max_pairs,
-            config.max_pairs,
-            len(pairs),
+def _problem_rows(
+    problems: Sequence[_Problem], filters: _Filters, needed: Mapping[str, list[str]]
+) -> list[MissingPair]:
+    """The problems as failed rows, labelled as their filters would have labelled them."""
+    fixed_default = _filter_label(filters.fixed, needed)
+    return [
+        MissingPair(
+            subject, session, fixed_default, _filter_label(filters.moving[index], needed), reason
         )
-        pairs = pairs[: config.max_pairs]
+        for subject, session, index, reason in problems
+    ]
+
+
+def _pair_order(p: Pair | MissingPair) -> tuple[str, str, str, str]:
+    return (p.subject, p.session or "", p.moving_label, p.fixed_label)
+
+
+def _sorted_and_limited(
+    pairs: list[Pair], missing: list[MissingPair], max_pairs: int | None
+) -> tuple[list[Pair], list[MissingPair]]:
+    """Pairs and failed rows by subject, session and labels; at most ``max_pairs`` pairs."""
+    pairs.sort(key=_pair_order)
+    missing.sort(key=_pair_order)
+    if max_pairs is not None and len(pairs) > max_pairs:
+        LOG.info("--max-pairs %d: registering %d of %d pair(s)", max_pairs, max_pairs, len(pairs))
+        pairs = pairs[:max_pairs]
     LOG.info(
         "%d pair(s) in %d subject(s); %d cannot be run",
         len(pairs),
@@ -1206,3 +1246,46 @@ def find_pairs(
         len(missing),
     )
     return pairs, missing
+
+
+def find_pairs(
+    config: Config, layout: BIDSLayout | None = None
+) -> tuple[list[Pair], list[MissingPair]]:
+    """Select the images of the run and pair them.
+
+    Steps: check and scan the dataset, index it, select subjects and sessions, select
+    the fixed and moving images, pair them per subject and session, label them, and
+    make the pairs (with their ground truth) and the failed rows.
+
+    Args:
+        config: The run configuration (``bids_dir``, ``participant_labels``,
+            ``fixed``, ``moving``, ``ground_truth``, ``work_dir``, ``max_pairs``).
+        layout: An already built layout (tests); built from ``config`` otherwise.
+
+    Returns:
+        ``(pairs, missing)``: the pairs to register, sorted by subject,
+        session and labels; and one :class:`MissingPair` per subject/session
+        and moving filter that cannot be run, to be reported as failed rows.
+
+    Raises:
+        InputDirMissingError: BIDS_DIR or the ground-truth folder does not exist (66).
+        NotBidsError: BIDS_DIR is not a BIDS dataset (16).
+        NoMatchError: The fixed filter, or one moving filter, matches no image (18).
+        UsageError: Invalid filters or participant labels (64).
+    """
+    root, scan = _scan_input(config)
+    if layout is None:
+        LOG.info("indexing BIDS dataset %s", root)
+        layout = load_layout(root, Path(config.work_dir) / "bids_db", scan=scan)
+    subjects, broken, sessions_of = _select_subjects_and_sessions(layout, root, scan, config)
+    filters = _Filters.of(config)
+    fixed_images, moving_images = _select_images(layout, root, scan, config, filters, subjects)
+    candidates, problems = _pair_all(
+        subjects, broken, sessions_of, fixed_images, moving_images, filters
+    )
+    # The same image may match two moving filters; register it once.
+    unique = list({(f.path, m.path): (s, f, m) for s, f, m in candidates}.values())
+    needed, labels = _labels(unique)
+    pairs, missing = _make_pairs(unique, labels, config.ground_truth)
+    missing += _problem_rows(problems, filters, needed)
+    return _sorted_and_limited(pairs, missing, config.max_pairs)

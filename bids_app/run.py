@@ -14,23 +14,23 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mmreg.atomic import atomic_write_text, remove_stale_temporaries
 from mmreg.bids_app import derivatives
 from mmreg.bids_app.config import Config, slurm_worker_kwargs
+from mmreg.bids_app.exit_codes import EXIT_OK, EXIT_SOFTWARE, EXIT_SOME_FAILED
 from mmreg.bids_app.logs import LOGGER, setup_logging
 from mmreg.bids_app.models import check_methods
 from mmreg.bids_app.query import MissingPair, Pair
-from mmreg.cache import check_seal, forget_workflows, purge_corrupt, remove_stale_locks
-from mmreg.errors import InputError, MmregError, UsageError
+from mmreg.cache import forget_workflows, purge_corrupt, remove_stale_locks
+from mmreg.errors import UsageError
 from mmreg.provenance import files_sha256
+from mmreg.records import PairRecord, SubjectOutcome
 from mmreg.runtime import limit_threads
-
-#: Exit codes of the contract.
-EXIT_OK, EXIT_SOME_FAILED, EXIT_SOFTWARE = 0, 65, 70
 
 os.environ.setdefault("NO_ET", "1")
 
@@ -169,19 +169,17 @@ def run_participant(
         log_path,
     )
 
-    by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_subject: dict[str, list[PairRecord]] = defaultdict(list)
     missing = list(missing)
     label_table = _label_table(config)
     for pair in pairs:
-        record = pair.to_dict()
-        record["bids_dir"] = str(config.bids_dir)
         try:
-            record["inputs_sha256"] = pair_inputs_sha256(pair, label_table)
+            digest = pair_inputs_sha256(pair, label_table)
         except OSError as exc:  # vanished or unreadable since the query: this pair fails
             missing.append(_unreadable(pair, exc))
             continue
+        record = replace(pair, bids_dir=str(config.bids_dir), inputs_sha256=digest)
         by_subject[pair.subject].append(record)
-    rows_by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
     # A run killed mid-write leaves hidden temporaries; only this run's subjects are
     # cleaned, since other runs (a SLURM array) may be writing other subjects right now.
     for subject in {*by_subject, *(m.subject for m in missing)}:
@@ -203,36 +201,43 @@ def run_participant(
         models = model_records(config)
         if models:
             atomic_write_text(_log_dir(config) / "models.json", json.dumps(models, indent=2))
-    missing_of: dict[str, list[MissingPair]] = defaultdict(list)
+    missing_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in missing:
-        missing_of[item.subject].append(item)
-
-    def add_rows(subject: str, results: list[dict[str, Any]] | None) -> None:
-        # The workflow's rows first (pair-major, method-minor), then the pairs it could not run.
-        if results is not None:
-            rows_by_subject[subject].extend(
-                _write_rows(output_dir, by_subject[subject], results, len(config.methods))
+        for method in config.methods:
+            missing_rows[item.subject].append(
+                derivatives.missing_row(
+                    item.subject,
+                    item.session,
+                    item.fixed_label,
+                    item.moving_label,
+                    method,
+                    item.reason,
+                )
             )
-        for item in missing_of.get(subject, []):
-            for method in config.methods:
-                failed = {"method": method, "status": "failed", "error": item.reason}
-                rows_by_subject[subject].append(derivatives.public_row(item.to_dict(), failed))
 
-    order = sorted({*by_subject, *missing_of})
+    order = sorted({*by_subject, *missing_rows})
     # One workflow for every subject; or, with --stop-on-first-crash, one per subject in
     # label order, ending the run after the first subject with a failed row.
     batches = [[s] for s in order] if config.stop_on_first_crash else [order]
-    n_failed = 0
+    n_failed = total = 0
     for position, batch in enumerate(batches):
         with_pairs = [s for s in batch if s in by_subject]
-        results = _run_workflow(config, [by_subject[s] for s in with_pairs], models, log_path)
-        if results is None:
+        outcomes = _run_workflow(
+            config,
+            {s: by_subject[s] for s in with_pairs},
+            {s: missing_rows[s] for s in with_pairs if s in missing_rows},
+            models,
+            log_path,
+        )
+        if outcomes is None:
             return EXIT_SOFTWARE
-        rows_of = dict(zip(with_pairs, results, strict=True))
         for subject in batch:
-            add_rows(subject, rows_of.get(subject))
-            rows = rows_by_subject[subject]
-            n_failed += _finish_subject(output_dir, subject, rows, Path(config.bids_dir))
+            if subject not in outcomes:  # no pair could run: only the sink's writing is left
+                outcomes[subject] = derivatives.write_subject_outputs(
+                    output_dir, subject, [], [], missing_rows[subject]
+                )
+            n_failed += _log_outcome(outcomes[subject])
+            total += len(outcomes[subject].rows)
         if n_failed and config.stop_on_first_crash:
             left = order[position + 1 :]
             shown = ", ".join(f"sub-{s}" for s in left[:5]) + (", ..." if len(left) > 5 else "")
@@ -243,44 +248,27 @@ def run_participant(
                 f" ({shown})" if left else "",
             )
             break
-    total = sum(len(r) for r in rows_by_subject.values())
     LOGGER.info("%d of %d registration(s) ok; results in %s", total - n_failed, total, output_dir)
     return EXIT_SOME_FAILED if n_failed else EXIT_OK
 
 
 def _run_workflow(
     config: Config,
-    subjects: Sequence[list[dict[str, Any]]],
+    subjects: Mapping[str, list[PairRecord]],
+    missing_rows: Mapping[str, list[dict[str, Any]]],
     models: dict[str, dict[str, str]],
     log_path: Path | None,
-) -> list[list[dict[str, Any]]] | None:
-    """Run the participant workflow on ``subjects`` (pair records per subject).
+) -> dict[str, SubjectOutcome] | None:
+    """Run the participant workflow (its sinks write each subject's derivatives).
 
     Returns:
-        The result rows per subject, or ``None`` when the workflow engine failed (logged).
+        What each subject's sink wrote, or ``None`` when the workflow engine failed (logged).
     """
     from mmreg.provenance import code_fingerprint
     from mmreg.workflows.participant import init_participant_wf
 
     if not subjects:
-        return []
-    label_table = _label_table(config)
-    wf = init_participant_wf(
-        subjects=list(subjects),
-        methods=list(config.methods),
-        spacing=config.resolution,
-        mask=config.mask,
-        prealign=config.prealign,
-        coronal_slice=config.coronal_slice,
-        seed=config.random_seed,
-        device=config.device,
-        threads=config.omp_nthreads,
-        label_table=label_table,
-        models=models,
-        code=code_fingerprint(),
-        granularity=config.granularity,
-        cache_root=config.work_dir,
-    )
+        return {}
     cache_root = Path(config.work_dir)
     cache_root.mkdir(parents=True, exist_ok=True)
     worker_kwargs: dict[str, Any] = {}
@@ -288,9 +276,32 @@ def _run_workflow(
         worker_kwargs["n_procs"] = max(1, config.nprocs)
     elif config.worker == "slurm":
         worker_kwargs.update(slurm_worker_kwargs(config.worker_args))
-    n_registrations = sum(len(r) for r in subjects) * len(config.methods)
+    n_registrations = sum(len(r) for r in subjects.values()) * len(config.methods)
+    granularity = config.granularity_for(len(subjects))
     # A second pass only when a cached result turned out to be gone or damaged.
     for attempt in range(2):
+        wf = init_participant_wf(
+            subjects=list(subjects.values()),
+            methods=list(config.methods),
+            spacing=config.resolution,
+            mask=config.mask,
+            prealign=config.prealign,
+            coronal_slice=config.coronal_slice,
+            seed=config.random_seed,
+            device=config.device,
+            threads=config.omp_nthreads,
+            label_table=_label_table(config),
+            models=models,
+            code=code_fingerprint(),
+            granularity=granularity,
+            cache_root=config.work_dir,
+            # Side by side on this machine, each subject job runs its tasks one at a time.
+            inner_procs=1 if config.worker == "cf" else 0,
+            output_dir=config.output_dir,
+            # A new run (or a second pass) writes every subject's derivatives again.
+            run_id=f"{config.run_id}/{attempt}",
+            missing_rows=missing_rows,
+        )
         for folder, why in purge_corrupt(cache_root):
             LOGGER.info("work dir: recomputing %s (%s)", folder.name, why)
         remove_stale_engine_locks(cache_root)
@@ -313,47 +324,30 @@ def _run_workflow(
                 f"{source} and {log_path}" if source else log_path,
             )
             return None
-        damaged = _damaged_results(outputs.rows)
+        outcomes = [SubjectOutcome.from_dict(o) for o in outputs.rows]
+        damaged = [folder for o in outcomes for folder in o.damaged]
         if not damaged or attempt:
             break
-        LOGGER.info("work dir: %d cached result(s) gone or damaged; recomputing", damaged)
-    return [list(rows) for rows in outputs.rows]
+        LOGGER.info("work dir: %d cached result(s) gone or damaged; recomputing", len(damaged))
+        for work_folder in damaged:
+            shutil.rmtree(work_folder, ignore_errors=True)
+    return {o.subject: o for o in outcomes}
 
 
-def _finish_subject(
-    output_dir: Path, subject: str, rows: list[dict[str, Any]], bids_dir: Path | None = None
-) -> int:
-    """Write a subject's evaluation table and report; log and count its failed rows."""
+def _log_outcome(outcome: SubjectOutcome) -> int:
+    """Log a subject's warnings, failures and tracebacks; the number of failed rows."""
+    log = logging.getLogger("mmreg.results")
+    for pair_id, method, text in outcome.tracebacks:
+        log.debug("%s %s traceback:\n%s", pair_id, method, text)
     n_failed = 0
-    try:
-        derivatives.write_subject_csv(output_dir, subject, rows)
-    except OSError as exc:  # a full or read-only disk: this subject's table is lost
-        reason = f"could not write sub-{subject}_evaluation.csv: {exc.strerror or exc}"
-        rows = [{**row, "status": "failed", "error": reason} for row in rows]
-    else:
-        _write_subject_report(output_dir, subject, bids_dir)
-    for row in rows:
+    for row in outcome.rows:
+        where = f"sub-{outcome.subject} {row['moving']}->{row['fixed']} {row['method']}"
+        if row.get("warnings"):
+            LOGGER.warning("%s: %s", where, row["warnings"])
         if row["status"] != "ok":
             n_failed += 1
-            LOGGER.warning(
-                "sub-%s %s->%s %s failed: %s",
-                subject,
-                row["moving"],
-                row["fixed"],
-                row["method"],
-                row["error"],
-            )
+            LOGGER.warning("%s failed: %s", where, row["error"])
     return n_failed
-
-
-def _write_subject_report(output_dir: Path, subject: str, bids_dir: Path | None) -> None:
-    """``sub-<label>.html``; a report that cannot be made is a warning, never a failure."""
-    from mmreg.bids_app.group import write_subject_report
-
-    try:
-        write_subject_report(output_dir, subject, bids_dir=bids_dir)
-    except (OSError, InputError) as exc:
-        LOGGER.warning("sub-%s: no subject report (%s)", subject, exc)
 
 
 #: A line that states an error: ``ValueError: ...``, ``slurmstepd: error: ... CANCELLED ...``.
@@ -465,26 +459,6 @@ def _unreadable(pair: Pair, exc: OSError) -> MissingPair:
     return MissingPair(pair.subject, pair.session, pair.fixed_label, pair.moving_label, reason)
 
 
-def _damaged_results(rows: Sequence[Sequence[dict[str, Any]]]) -> int:
-    """How many ok rows point at a cached file that is missing or no longer as written.
-
-    Damaged task folders are removed (:func:`mmreg.cache.check_seal`), so a rerun of the
-    workflow recomputes exactly them.
-    """
-    damaged = 0
-    for subject_rows in rows:
-        for row in subject_rows:
-            for key in ("_warped", "_transform"):
-                path = row.get(key)
-                if not path:
-                    continue
-                folder = Path(path).parent
-                if not Path(path).is_file() or check_seal(folder):
-                    shutil.rmtree(folder, ignore_errors=True)
-                    damaged += 1
-    return damaged
-
-
 def model_records(config: Config) -> dict[str, dict[str, str]]:
     """Path and sha256 of the weights of every learned family the run's methods use.
 
@@ -504,45 +478,9 @@ def _label_table(config: Config) -> str | None:
     return str(table) if table.exists() else None
 
 
-def _write_rows(
-    output_dir: Path,
-    records: list[dict[str, Any]],
-    rows: list[dict[str, Any]],
-    n_methods: int,
-) -> list[dict[str, Any]]:
-    """Write one subject's derivatives; rows come pair-major, method-minor."""
-    out = []
-    log = logging.getLogger("mmreg.results")
-    for i, row in enumerate(rows):
-        pair = records[i // n_methods]
-        if row.get("_traceback"):
-            log.debug(
-                "sub-%s %s %s traceback:\n%s",
-                pair["subject"],
-                pair["moving_label"],
-                row.get("method"),
-                row["_traceback"],
-            )
-        if row.get("warnings"):
-            LOGGER.warning(
-                "sub-%s %s->%s %s: %s",
-                pair["subject"],
-                pair["moving_label"],
-                pair["fixed_label"],
-                row.get("method"),
-                row["warnings"],
-            )
-        try:
-            row = derivatives.write_pair_outputs(output_dir, pair, row)
-        except (OSError, MmregError) as exc:
-            row = {**row, "status": "failed", "error": f"could not write derivatives: {exc}"}
-        out.append(derivatives.public_row(pair, row))
-    return out
-
-
 def run_group(config: Config) -> int:
     """Aggregate participant CSVs into ``group/`` and write the HTML report."""
-    from mmreg.bids_app.group import run_group_level
+    from mmreg.reports.group import run_group_level
 
     use_work_dir_for_state(config.work_dir)
     setup_logging(_log_dir(config), verbose=config.verbose)
@@ -594,20 +532,33 @@ def run_demo(
     if max_rotation is None:
         max_rotation = DEMO_MAX_ROTATION[dataset]
     # Beyond 45 degrees the pose is drawn over the full circle about a random axis.
-    options = {"max_rotation_deg": max_rotation, "large_rotations": max_rotation > 45.0}
+    large = max_rotation > 45.0
+    moving: tuple[dict[str, str], ...]
     if dataset == "wholebody":
-        from mmreg.bids_app.demo_wholebody import (
+        from mmreg.imaging.phantoms.wholebody_dataset import (
             FIXED_FILTER,
             MOVING_FILTER,
             write_wholebody_dataset,
         )
 
-        write_wholebody_dataset(bids_dir, n_subjects=subjects, seed=seed, **options)
+        write_wholebody_dataset(
+            bids_dir,
+            n_subjects=subjects,
+            seed=seed,
+            max_rotation_deg=max_rotation,
+            large_rotations=large,
+        )
         fixed, moving = dict(FIXED_FILTER), (dict(MOVING_FILTER),)
     else:
-        from mmreg.bids_app.demo_data import write_demo_dataset
+        from mmreg.imaging.phantoms.brain_dataset import write_demo_dataset
 
-        write_demo_dataset(bids_dir, n_subjects=subjects, seed=seed, **options)
+        write_demo_dataset(
+            bids_dir,
+            n_subjects=subjects,
+            seed=seed,
+            max_rotation_deg=max_rotation,
+            large_rotations=large,
+        )
         fixed, moving = {"suffix": "T1w"}, ({"suffix": "T2w"}, {"suffix": "PDw"})
     LOGGER.info(
         "demo dataset: %d subject(s) in %s (%.1f s)", subjects, bids_dir, time.perf_counter() - t0

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mmreg.errors import UsageError
+from mmreg.runtime import DEVICES
 
 LOG = logging.getLogger("mmreg.train")
 
@@ -158,7 +159,7 @@ def add_settings_options(parser: argparse.ArgumentParser, cls: type) -> None:
         default = (
             field.default
             if field.default is not dataclasses.MISSING
-            else field.default_factory()  # type: ignore[misc]
+            else field.default_factory()
             if field.default_factory is not dataclasses.MISSING
             else None
         )
@@ -239,7 +240,7 @@ def build_train_parser(target: TrainTarget, settings_cls: type) -> argparse.Argu
         )
         sel.add_argument("--ground-truth", type=Path, default=None, metavar="DIR")
     run = parser.add_argument_group("execution")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument("--device", choices=DEVICES, default="auto")
     run.add_argument(
         "--omp-nthreads",
         type=positive_int,

@@ -25,6 +25,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
+from nibabel.spatialimages import SpatialImage
 
 from mmreg import notices
 from mmreg.atomic import atomic_path
@@ -250,6 +251,20 @@ def _open_nifti(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
         raise _fail(path, f"corrupt or truncated file ({type(exc).__name__})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise _fail(path, f"not a NIfTI image ({type(img).__name__})")
+    return img
+
+
+def load_spatial(path: PathLike) -> SpatialImage:
+    """``nibabel.load`` for an image with a voxel grid (header read, data not yet).
+
+    Any format nibabel reads (NIfTI, MGH, ...), unlike :func:`load_image`'s NIfTI only.
+
+    Raises:
+        InputError: For a file nibabel reads as something else (a GIFTI surface, say).
+    """
+    img = nib.load(str(path))
+    if not isinstance(img, SpatialImage):
+        raise InputError(f"{Path(path).name}: not a spatial image ({type(img).__name__})")
     return img
 
 
@@ -576,7 +591,7 @@ def load_channels_into(image: Image, path: PathLike | None) -> Image:
     if path is None:
         return image
     try:
-        data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+        data = np.asarray(load_spatial(path).dataobj, dtype=np.float32)
     except Exception as exc:
         raise InputError(f"{Path(path).name}: cannot read channels ({exc})") from exc
     if data.ndim != 4 or data.shape[:2] != image.shape or data.shape[2] != 1:

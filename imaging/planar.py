@@ -23,6 +23,7 @@ import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +32,7 @@ from mmreg.imaging.groundtruth import GroundTruth, Landmarks
 from mmreg.imaging.image import Image, load_image
 from mmreg.imaging.preprocess import normalise_channels
 from mmreg.imaging.slice_synthesis import CoronalSlice, synthesize_coronal_slice
+from mmreg.typing import PathLike
 
 __all__ = [
     "PlanarPair",
@@ -64,7 +66,7 @@ class PlanarPair:
 
     fixed: Image
     moving: Image
-    sliced: str | None = None
+    sliced: Literal["fixed", "moving"] | None = None
     coronal: CoronalSlice | None = None
 
 
@@ -120,7 +122,7 @@ def load_planar(path: str | Path) -> Image:
     return _planar_channels(path, load_image(path))
 
 
-def dixon_channels(path: str | Path) -> tuple[list[Path], tuple[str, ...] | None]:
+def dixon_channels(path: PathLike) -> tuple[list[Path], tuple[str, ...] | None]:
     """The file and its Dixon sibling (``rec-fat`` <-> ``rec-water``), with their roles.
 
     Returns the given file first. Without a ``rec-fat``/``rec-water`` entity, or without
@@ -171,9 +173,11 @@ def project_ground_truth(truth: GroundTruth, pair: PlanarPair) -> GroundTruth:
     """Ground truth of the 3D side moved into the slice's 2D world (labels, landmarks)."""
     if pair.sliced is None or pair.coronal is None:
         return truth
-    labels = getattr(truth, f"{pair.sliced}_labels")
-    landmarks = getattr(truth, f"{pair.sliced}_landmarks")
-    changes: dict[str, object] = {f"{pair.sliced}_landmarks": _project(landmarks)}
+    fixed = pair.sliced == "fixed"
+    labels = truth.fixed_labels if fixed else truth.moving_labels
+    landmarks = _project(truth.fixed_landmarks if fixed else truth.moving_landmarks)
     if labels is not None and labels.ndim == 3:
-        changes[f"{pair.sliced}_labels"] = pair.coronal.sample(labels, order=0)
-    return replace(truth, **changes)
+        labels = pair.coronal.sample(labels, order=0)
+    if fixed:
+        return replace(truth, fixed_labels=labels, fixed_landmarks=landmarks)
+    return replace(truth, moving_labels=labels, moving_landmarks=landmarks)

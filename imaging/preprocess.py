@@ -31,6 +31,8 @@ PrealignMode = Literal["none", "com", "moments", "auto"]
 PREALIGN_MODES: tuple[str, ...] = ("none", "com", "moments", "auto")
 #: The pre-alignment a run uses unless told otherwise (see :func:`prealign`).
 DEFAULT_PREALIGN: PrealignMode = "auto"
+#: The isotropic registration grid (mm) a run uses unless told otherwise.
+DEFAULT_SPACING = 2.0
 
 #: ``"auto"``: NMI gain a candidate needs over the one kept so far to replace it.
 AUTO_MARGIN = 0.02
@@ -693,7 +695,7 @@ class PreprocessOptions:
             :mod:`mmreg.imaging.planar`. Off, such a pair is an input error.
     """
 
-    spacing: float = 2.0
+    spacing: float = DEFAULT_SPACING
     normalize: bool = True
     mask: bool = False
     prealign: str = DEFAULT_PREALIGN

@@ -530,10 +530,212 @@ def _check_channels(channels: Sequence[Image]) -> None:
 # ============================================================================ detection
 
 
+def _working_volume(
+    fat: Image, water: Image, settings: SliceSettings
+) -> tuple[np.ndarray, np.ndarray, Matrix4, np.ndarray]:
+    """Step 1: both channels on the closest RAS axes (no interpolation), block-averaged
+    to about the working spacing; fat, water, their affine and voxel size (mm)."""
+    fat_c, water_c = reorient_canonical(fat), reorient_canonical(water)
+    spacing = np.asarray(fat_c.spacing)
+    target = (settings.working_inplane_mm,) * 2 + (settings.working_spacing_mm,)
+    factors = tuple(max(1, round(w / s)) for w, s in zip(target, spacing, strict=True))
+    f = _block_mean(fat_c.data, factors)
+    w = _block_mean(water_c.data, factors)
+    return f, w, _block_affine(fat_c.affine, factors), spacing * np.asarray(factors)
+
+
+def _inner_body(body: np.ndarray, step: np.ndarray, settings: SliceSettings) -> np.ndarray:
+    """The body (holes filled) deeper than ``skin_margin_mm`` in-plane, as float32 0/1.
+
+    Where the body meets air, noise and partial volume give any fat fraction; the
+    spine is always deeper than this (in-plane erosion only).
+    """
+    depth = max(1, round(settings.skin_margin_mm / min(step[0], step[1])))
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    # Holes first (canal, cortex, lungs are dark), or eroding would eat into the spine.
+    filled = ndimage.binary_fill_holes(
+        ndimage.binary_closing(body, in_plane, iterations=2, border_value=0), in_plane
+    )
+    return ndimage.binary_erosion(filled, in_plane, iterations=depth).astype(np.float32)
+
+
+def _marrow_cue(
+    f: np.ndarray, w: np.ndarray, step: np.ndarray, settings: SliceSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 2a: the body mask, the marrow cue (fat fraction near that of red marrow)
+    inside the inner body, and the inner body."""
+    total = f + w
+    positive = total[total > 0]
+    level = 0.2 * float(np.percentile(positive, 99)) if positive.size else 0.0
+    body = total > level
+    ff = np.divide(f, total, out=np.zeros_like(f), where=total > 0)
+    cue = np.exp(-(((ff - settings.marrow_fat_fraction) / settings.marrow_tolerance) ** 2))
+    inner = _inner_body(body, step, settings)
+    cue *= inner
+    return body, cue, inner
+
+
+def _blob_score(
+    cue: np.ndarray, inner: np.ndarray, step: np.ndarray, settings: SliceSettings
+) -> np.ndarray:
+    """Step 2b: centre minus surround (a difference of Gaussians) of the cue.
+
+    A vertebral body is a blob in tissue that is not marrow-like, while a region
+    that is marrow-like throughout (or noise, whose fat fraction is anything) scores
+    nothing. Both are averages over the inner body only (normalised convolution), so
+    its edge does not look like a blob.
+    """
+    sigma = (
+        settings.blob_sigma_mm / step[0],
+        settings.blob_sigma_mm / step[1],
+        settings.si_sigma_mm / step[2],
+    )
+    surround = (sigma[0] * settings.surround_factor, sigma[1] * settings.surround_factor, sigma[2])
+
+    def local_mean(s: tuple[float, float, float]) -> np.ndarray:
+        num = ndimage.gaussian_filter(cue, s, mode="constant")
+        den = ndimage.gaussian_filter(inner, s, mode="constant")
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0.05)
+
+    return (local_mean(sigma) - local_mean(surround)) * inner
+
+
+def _best_blob(
+    score: np.ndarray, mask: np.ndarray, x_c: float, y_c: float, band: float
+) -> tuple[int, int] | None:
+    """Step 3: the strongest blob of one slice behind the body's AP centre ``y_c``, within
+    ``band`` voxels of its left-right centre ``x_c``; ``None`` if that window is empty.
+
+    Fatty viscera and liver lie in front; the most posterior blob instead would be
+    fooled by rib heads and fat-muscle borders in the back.
+    """
+    ii = np.arange(mask.shape[0])
+    jj = np.arange(mask.shape[1])
+    window = np.abs(ii - x_c)[:, None] <= band
+    window = window & (jj[None, :] <= y_c) & mask
+    if not window.any():
+        return None
+    c = np.where(window, score, -1.0)
+    profile = c.max(axis=0)
+    j0 = int(np.argmax(profile))
+    return int(np.argmax(c[:, j0])), j0
+
+
+def _subvoxel(column: np.ndarray, j0: int) -> float:
+    """AP offset (voxels) of the maximum at ``j0`` of ``column``, from a parabola."""
+    if not 0 < j0 < column.size - 1:
+        return 0.0
+    a, b, d = column[j0 - 1], column[j0], column[j0 + 1]
+    curv = a - 2.0 * b + d
+    return float(np.clip(0.5 * (a - d) / curv, -0.5, 0.5)) if curv < 0 else 0.0
+
+
+def _search_slices(
+    body: np.ndarray, cue: np.ndarray, affine: Matrix4, step: np.ndarray, settings: SliceSettings
+) -> tuple[np.ndarray, ...]:
+    """Step 3, every axial slice: its world z, the detection's world x and y (NaN where
+    none), its score and roundness, and the body's AP centre (voxels; NaN without body)."""
+    nx, ny, nz = body.shape
+    zs = np.full(nz, np.nan)
+    xs = np.full(nz, np.nan)
+    ys = np.full(nz, np.nan)
+    score = np.zeros(nz)
+    iso = np.zeros(nz)
+    body_y = np.full(nz, np.nan)
+    jj = np.arange(ny)
+    band = settings.search_half_width_mm / step[0]
+    for k in range(nz):
+        centre = affine[:3, :3] @ [0.5 * (nx - 1), 0.5 * (ny - 1), k] + affine[:3, 3]
+        zs[k] = centre[2]
+        m = body[:, :, k]
+        count = int(m.sum())
+        if count < 8:
+            continue
+        # Median left-right position of the body (arms, when cut by the field of view,
+        # pull a mean sideways), AP centre of mass.
+        x_c = float(np.searchsorted(np.cumsum(m.sum(axis=1)), 0.5 * count))
+        y_c = float((m.sum(axis=0) * jj).sum() / count)
+        body_y[k] = y_c
+        blob = _best_blob(cue[:, :, k], m, x_c, y_c, band)
+        if blob is None:
+            continue
+        i0, j0 = blob
+        score[k] = float(cue[i0, j0, k])
+        iso[k] = _isotropy(cue[:, :, k], i0, j0, step)
+        p = affine[:3, :3] @ [i0, j0 + _subvoxel(cue[i0, :, k], j0), k] + affine[:3, 3]
+        xs[k], ys[k] = p[0], p[1]
+    return zs, xs, ys, score, iso, body_y
+
+
+def _body_centre_world(body_y: np.ndarray, affine: Matrix4, nx: int) -> np.ndarray:
+    """The body's AP centre per slice as a world y (the grid is near canonical)."""
+    body_world = np.full(body_y.size, np.nan)
+    has_body = ~np.isnan(body_y)
+    if has_body.any():
+        pts = np.stack(
+            [np.full(has_body.sum(), 0.5 * (nx - 1)), body_y[has_body], np.flatnonzero(has_body)],
+            1,
+        )
+        body_world[has_body] = (pts @ affine[:3, :3].T + affine[:3, 3])[:, 1]
+    return body_world
+
+
+def _accept(
+    zs: np.ndarray, ys: np.ndarray, score: np.ndarray, settings: SliceSettings
+) -> npt.NDArray[np.bool_]:
+    """Step 4: detections scoring ``min_score``, near the running median, in the
+    longest run."""
+    candidates = np.flatnonzero(score >= settings.min_score)
+    accepted = np.zeros(zs.size, bool)
+    if candidates.size:
+        cand = candidates[np.argsort(zs[candidates])]
+        med = _running_median(zs[cand], ys[cand], settings.median_window_mm)
+        keep = cand[np.abs(ys[cand] - med) <= settings.outlier_mm]
+        run = keep[_longest_run(zs[keep], ys[keep], settings)] if keep.size else keep
+        accepted[run] = True
+    return accepted
+
+
+def _why_not_a_spine(
+    zs: np.ndarray,
+    has_body: np.ndarray,
+    accepted: np.ndarray,
+    score: np.ndarray,
+    iso: np.ndarray,
+    step_si: float,
+    settings: SliceSettings,
+) -> str:
+    """Step 5: why the accepted run is no spine ("" when it is one).
+
+    A spine is a long chain of strong, round blobs; fat-muscle borders in a back
+    without one give weaker, elongated maxima.
+    """
+    body_extent = float(np.ptp(zs[has_body])) + step_si if has_body.any() else 0.0
+    run_extent = float(np.ptp(zs[accepted])) + step_si if accepted.any() else 0.0
+    run_score = float(np.median(score[accepted])) if accepted.any() else 0.0
+    run_round = float(np.median(iso[accepted])) if accepted.any() else 0.0
+    if accepted.sum() < 3 or run_extent < settings.min_coverage * body_extent:
+        return (
+            f"spine detections cover {run_extent:.0f} mm of a {body_extent:.0f} mm body "
+            f"(need {settings.min_coverage:.0%})"
+        )
+    if run_score < settings.min_run_score or run_round < settings.min_run_roundness:
+        return (
+            f"the best chain of detections is weak (median score {run_score:.2f}, need "
+            f"{settings.min_run_score:.2f}) or not round (median roundness {run_round:.2f}, "
+            f"need {settings.min_run_roundness:.2f})"
+        )
+    return ""
+
+
 def detect_spine(
     fat: Image, water: Image, *, settings: SliceSettings | None = None
 ) -> SpineDetection:
     """Find the vertebral bodies slice by slice in a Dixon fat/water pair.
+
+    The steps are those of the module docstring: working volume, marrow cue and blob
+    score, the best blob per slice, the longest consistent run, and the verdict.
 
     Args:
         fat: Fat image.
@@ -552,134 +754,14 @@ def detect_spine(
     """
     settings = settings or SliceSettings()
     _check_channels([fat, water])
-    fat_c, water_c = reorient_canonical(fat), reorient_canonical(water)
-    spacing = np.asarray(fat_c.spacing)
-    target = (settings.working_inplane_mm,) * 2 + (settings.working_spacing_mm,)
-    factors = tuple(max(1, round(w / s)) for w, s in zip(target, spacing, strict=True))
-    f = _block_mean(fat_c.data, factors)
-    w = _block_mean(water_c.data, factors)
-    affine = _block_affine(fat_c.affine, factors)
-    step = spacing * np.asarray(factors)
-    nx, ny, nz = f.shape
-
-    total = f + w
-    positive = total[total > 0]
-    level = 0.2 * float(np.percentile(positive, 99)) if positive.size else 0.0
-    body = total > level
-    ff = np.divide(f, total, out=np.zeros_like(f), where=total > 0)
-    cue = np.exp(-(((ff - settings.marrow_fat_fraction) / settings.marrow_tolerance) ** 2))
-    # Away from the skin: where the body meets air, noise and partial volume give any
-    # fat fraction. The spine is always deeper than this (in-plane erosion only).
-    depth = max(1, round(settings.skin_margin_mm / min(step[0], step[1])))
-    in_plane = np.zeros((3, 3, 3), bool)
-    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
-    # Holes first (canal, cortex, lungs are dark), or eroding would eat into the spine.
-    filled = ndimage.binary_fill_holes(
-        ndimage.binary_closing(body, in_plane, iterations=2, border_value=0), in_plane
-    )
-    inner = ndimage.binary_erosion(filled, in_plane, iterations=depth).astype(np.float32)
-    cue *= inner
-    sigma = (
-        settings.blob_sigma_mm / step[0],
-        settings.blob_sigma_mm / step[1],
-        settings.si_sigma_mm / step[2],
-    )
-    # Centre minus surround (a difference of Gaussians): a vertebral body is a blob in
-    # tissue that is not marrow-like, while a region that is marrow-like throughout (or
-    # noise, whose fat fraction is anything) scores nothing. Both are averages over the
-    # inner body only (normalised convolution), so its edge does not look like a blob.
-    surround = (sigma[0] * settings.surround_factor, sigma[1] * settings.surround_factor, sigma[2])
-
-    def local_mean(s: tuple[float, float, float]) -> np.ndarray:
-        num = ndimage.gaussian_filter(cue, s, mode="constant")
-        den = ndimage.gaussian_filter(inner, s, mode="constant")
-        return np.divide(num, den, out=np.zeros_like(num), where=den > 0.05)
-
-    cue = (local_mean(sigma) - local_mean(surround)) * inner
-
-    zs = np.full(nz, np.nan)
-    xs = np.full(nz, np.nan)
-    ys = np.full(nz, np.nan)
-    score = np.zeros(nz)
-    iso = np.zeros(nz)
-    body_y = np.full(nz, np.nan)
-    ii = np.arange(nx)
-    jj = np.arange(ny)
-    band = settings.search_half_width_mm / step[0]
-    for k in range(nz):
-        centre = affine[:3, :3] @ [0.5 * (nx - 1), 0.5 * (ny - 1), k] + affine[:3, 3]
-        zs[k] = centre[2]
-        m = body[:, :, k]
-        count = int(m.sum())
-        if count < 8:
-            continue
-        col = m.sum(axis=1)
-        row = m.sum(axis=0)
-        # Median left-right position of the body (arms, when cut by the field of view,
-        # pull a mean sideways), AP centre of mass.
-        x_c = float(np.searchsorted(np.cumsum(col), 0.5 * count))
-        y_c = float((row * jj).sum() / count)
-        body_y[k] = y_c
-        window = np.abs(ii - x_c)[:, None] <= band
-        window = window & (jj[None, :] <= y_c) & m
-        if not window.any():
-            continue
-        c = np.where(window, cue[:, :, k], -1.0)
-        # The strongest blob behind the body's AP centre, near the midline: fatty
-        # viscera and liver lie in front; the most posterior blob instead would be
-        # fooled by rib heads and fat-muscle borders in the back.
-        profile = c.max(axis=0)
-        j0 = int(np.argmax(profile))
-        i0 = int(np.argmax(c[:, j0]))
-        score[k] = float(cue[i0, j0, k])
-        iso[k] = _isotropy(cue[:, :, k], i0, j0, step)
-        dj = 0.0
-        if 0 < j0 < ny - 1:
-            a, b, d = cue[i0, j0 - 1, k], cue[i0, j0, k], cue[i0, j0 + 1, k]
-            curv = a - 2.0 * b + d
-            if curv < 0:
-                dj = float(np.clip(0.5 * (a - d) / curv, -0.5, 0.5))
-        p = affine[:3, :3] @ [i0, j0 + dj, k] + affine[:3, 3]
-        xs[k], ys[k] = p[0], p[1]
-    # The AP centre of the body as a world coordinate (the grid is near canonical).
-    body_world = np.full(nz, np.nan)
+    f, w, affine, step = _working_volume(fat, water, settings)
+    body, cue, inner = _marrow_cue(f, w, step, settings)
+    cue = _blob_score(cue, inner, step, settings)
+    zs, xs, ys, score, iso, body_y = _search_slices(body, cue, affine, step, settings)
     has_body = ~np.isnan(body_y)
-    if has_body.any():
-        pts = np.stack(
-            [np.full(has_body.sum(), 0.5 * (nx - 1)), body_y[has_body], np.flatnonzero(has_body)],
-            1,
-        )
-        body_world[has_body] = (pts @ affine[:3, :3].T + affine[:3, 3])[:, 1]
-
-    candidates = np.flatnonzero(score >= settings.min_score)
-    accepted = np.zeros(nz, bool)
-    reason = ""
-    if candidates.size:
-        order = np.argsort(zs[candidates])
-        cand = candidates[order]
-        med = _running_median(zs[cand], ys[cand], settings.median_window_mm)
-        keep = cand[np.abs(ys[cand] - med) <= settings.outlier_mm]
-        run = keep[_longest_run(zs[keep], ys[keep], settings)] if keep.size else keep
-        accepted[run] = True
-    body_extent = float(np.ptp(zs[has_body])) + step[2] if has_body.any() else 0.0
-    run_extent = float(np.ptp(zs[accepted])) + step[2] if accepted.any() else 0.0
-    run_score = float(np.median(score[accepted])) if accepted.any() else 0.0
-    run_round = float(np.median(iso[accepted])) if accepted.any() else 0.0
-    # A spine is a long chain of strong, round blobs; fat-muscle borders in a back
-    # without one give weaker, elongated maxima.
-    if accepted.sum() < 3 or run_extent < settings.min_coverage * body_extent:
-        reason = (
-            f"spine detections cover {run_extent:.0f} mm of a {body_extent:.0f} mm body "
-            f"(need {settings.min_coverage:.0%})"
-        )
-    elif run_score < settings.min_run_score or run_round < settings.min_run_roundness:
-        reason = (
-            f"the best chain of detections is weak (median score {run_score:.2f}, need "
-            f"{settings.min_run_score:.2f}) or not round (median roundness {run_round:.2f}, "
-            f"need {settings.min_run_roundness:.2f})"
-        )
-    found = not reason
-    if not found:
+    accepted = _accept(zs, ys, score, settings)
+    reason = _why_not_a_spine(zs, has_body, accepted, score, iso, step[2], settings)
+    if reason:
         accepted[:] = False
     return SpineDetection(
         z=zs,
@@ -687,9 +769,9 @@ def detect_spine(
         y=ys,
         score=score,
         roundness=iso,
-        body_y=body_world,
+        body_y=_body_centre_world(body_y, affine, body.shape[0]),
         accepted=accepted,
-        found=found,
+        found=not reason,
         reason=reason,
     )
 

@@ -60,7 +60,9 @@ _Z_TOL = 1e-6
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
-def _affine_points(points: npt.NDArray[np.float64], matrix: Matrix4, ndim: int = 3) -> Points:
+def _affine_points(
+    points: npt.NDArray[np.float64], matrix: npt.NDArray[np.floating], ndim: int = 3
+) -> Points:
     """``(N, k)`` points through a 4x4 (first k columns, rows ``:ndim``) plus translation."""
     # Column-wise multiply-adds: (N, 3) x (3, 3) through BLAS is slow and thread-hungry.
     out = np.empty((points.shape[0], ndim))
@@ -276,6 +278,7 @@ class Transform:
             raise TransformError("transform is deformable; it has no single affine matrix")
         m = np.eye(4)
         for step in self.steps:
+            assert isinstance(step, AffineStep)  # is_linear
             m = step.matrix @ m
         return m
 
@@ -316,7 +319,7 @@ class Transform:
         data = np.asarray(moving.data)
         integral = data.dtype == np.bool_ or np.issubdtype(data.dtype, np.integer)
         if interpolation == "nearest" and integral:
-            out_dtype: type = np.int32
+            out_dtype: type[np.int32] | type[np.float32] = np.int32
             src = data.astype(np.int32, copy=False)
         else:
             out_dtype = np.float32

@@ -124,8 +124,8 @@ class AntsMethod(BaseMethod):
     """One ANTs registration (``ants.registration``) with Mattes MI."""
 
     def __init__(self, name: str, settings: AntsSettings, *, deformable: bool) -> None:
-        self.name = name  # type: ignore[misc]  # per-instance names for one class
-        self.deformable = deformable  # type: ignore[misc]
+        self.name = name
+        self.deformable = deformable
         self.settings = settings
 
     def _arguments(self, fixed: Image) -> dict[str, Any]:

@@ -96,8 +96,9 @@ class BaseMethod(ABC):
     the method name; errors already carrying a user-facing reason pass through.
     """
 
-    name: ClassVar[str] = ""
-    deformable: ClassVar[bool] = False
+    #: The CLI name; a class shared by several methods sets it per instance.
+    name: str = ""
+    deformable: bool = False
     #: Least fraction of the fixed image's foreground that ``initial`` must map into the
     #: moving image; below it, engines fail obscurely (or silently), so we refuse first.
     min_overlap: ClassVar[float] = 0.05

@@ -61,7 +61,7 @@ _FAMILIES: dict[str, str] = {}
 _LAZY: dict[str, str] = {}
 _PARAM = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)=([A-Za-z0-9_.+-]+)$")
 
-M = TypeVar("M", bound=type)
+M = TypeVar("M", bound="type[Method]")
 S = TypeVar("S")
 
 #: Spellings of boolean parameter values (``name:key=value``).
@@ -297,6 +297,6 @@ def settings_from_params(name: str, defaults: S, params: Mapping[str, str] | Non
             raise UsageError(f"{name}: {key} must be finite, got {text!r}")
         values[key] = number
     try:
-        return dataclasses.replace(defaults, **values)  # type: ignore[type-var]  # S is a dataclass
+        return dataclasses.replace(defaults, **values)
     except ValueError as exc:
         raise UsageError(f"{name}: {exc}") from None

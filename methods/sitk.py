@@ -75,8 +75,8 @@ class SitkMethod(BaseMethod):
     """Rigid (and optionally affine) Mattes-MI registration with SimpleITK."""
 
     def __init__(self, name: str, settings: SitkSettings) -> None:
-        self.name = name  # type: ignore[misc]  # per-instance names for one class
-        self.deformable = False  # type: ignore[misc]
+        self.name = name
+        self.deformable = False
         self.settings = settings
 
     def _run(
@@ -94,7 +94,10 @@ class SitkMethod(BaseMethod):
         fixed_s = sitk.Cast(itk_space.image_to_sitk(fixed), sitk.sitkFloat32)
         moving_s = sitk.Cast(itk_space.image_to_sitk(moving), sitk.sitkFloat32)
         ndim = fixed.ndim
-        rigid: sitk.Transform = sitk.Euler3DTransform() if ndim == 3 else sitk.Euler2DTransform()
+        euler: sitk.Euler3DTransform | sitk.Euler2DTransform = (
+            sitk.Euler3DTransform() if ndim == 3 else sitk.Euler2DTransform()
+        )
+        rigid: sitk.Transform = euler
         moving_initial = None
         if initial is None:
             mode = (
@@ -102,10 +105,10 @@ class SitkMethod(BaseMethod):
                 if s.initializer == "moments"
                 else sitk.CenteredTransformInitializerFilter.GEOMETRY
             )
-            rigid = sitk.CenteredTransformInitializer(fixed_s, moving_s, rigid, mode)
+            rigid = sitk.CenteredTransformInitializer(fixed_s, moving_s, euler, mode)
         else:
             # Rotate about the fixed image's centre: rotations and shifts then decouple.
-            rigid.SetCenter(_centre(fixed_s))
+            euler.SetCenter(_centre(fixed_s))
             moving_initial = initial.to_sitk()
 
         shrinks, sigmas = pyramid(fixed.shape, s.shrink_factors, s.smoothing_sigmas)
@@ -223,12 +226,15 @@ def _centre(image: sitk.Image) -> tuple[float, ...]:
     return tuple(image.TransformContinuousIndexToPhysicalPoint(mid))
 
 
-def _as_linear(tx: sitk.Transform, ndim: int) -> sitk.Transform:
-    """The optimised transform itself, unwrapped from a composite if SimpleITK wrapped it."""
+def _as_linear(tx: sitk.Transform, ndim: int) -> sitk.Euler3DTransform | sitk.Euler2DTransform:
+    """The optimised (rigid) transform itself, unwrapped from a composite if SimpleITK
+    wrapped it."""
     tx = tx.Downcast()
     if isinstance(tx, sitk.CompositeTransform):
         tx = tx.GetNthTransform(tx.GetNumberOfTransforms() - 1).Downcast()
-    if tx.GetDimension() != ndim or not hasattr(tx, "GetCenter"):
+    if tx.GetDimension() != ndim or not isinstance(
+        tx, sitk.Euler3DTransform | sitk.Euler2DTransform
+    ):
         raise RuntimeError(f"unexpected transform from the rigid stage: {tx.GetName()}")
     return tx
 

@@ -45,6 +45,7 @@ import mmreg
 from mmreg.atomic import atomic_path, atomic_write_text
 from mmreg.errors import InputError
 from mmreg.provenance import sha256_file
+from mmreg.typing import PathLike
 
 __all__ = [
     "MODEL_DIR",
@@ -158,7 +159,7 @@ def default_model_path(method: str) -> Path:
     return MODEL_DIR / f"{method}.pt"
 
 
-def resolve_model(method: str, override: str | Path | None = None) -> Path:
+def resolve_model(method: str, override: PathLike | None = None) -> Path:
     """The weights file to use: the user's ``--model`` override or the shipped file.
 
     Raises:

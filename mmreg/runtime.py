@@ -42,9 +42,13 @@ def usable_cpus() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+#: Accepted ``--device`` values.
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
-    if device not in ("auto", "cpu", "cuda"):
+    if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda")
     if device == "cpu":
         return "cpu"
@@ -55,5 +59,5 @@ def resolve_device(device: str) -> str:
     except ImportError:
         has_cuda = False
     if device == "cuda" and not has_cuda:
-        raise UsageError("--device cuda was asked for but no CUDA device is available")
+        raise UsageError("--device cuda: no CUDA device is available (use --device auto)")
     return "cuda" if has_cuda else "cpu"

@@ -24,7 +24,7 @@ import numpy as np
 
 from mmreg.errors import UsageError
 from mmreg.imaging.image import Image, load_image, load_labels, save_image
-from mmreg.imaging.preprocess import DEFAULT_PREALIGN, PreprocessOptions
+from mmreg.imaging.preprocess import DEFAULT_PREALIGN, DEFAULT_SPACING, PreprocessOptions
 from mmreg.imaging.transform import Transform
 from mmreg.methods import model_families
 from mmreg.models import resolve_model
@@ -34,7 +34,6 @@ from mmreg.runtime import limit_threads, resolve_device
 PathLike = str | os.PathLike[str]
 
 #: Isotropic working grid of a single-pair run, mm (as the BIDS-App's ``--resolution``).
-DEFAULT_SPACING = 2.0
 
 
 @dataclass(frozen=True)

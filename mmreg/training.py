@@ -9,9 +9,11 @@ once:
   checkpoint metadata by :meth:`BestEpoch.summary` callers);
 - :func:`fit`: a step-based loop calling the target's ``train_step(step)`` and
   ``validate()``, keeping the best weights (:class:`BestEpoch`), with a tqdm bar or
-  plain log lines, and a resumable state file written atomically at each validation;
-- :class:`BestEpoch`: the best weights, the history and the summary (also used by the
-  epoch-based loops).
+  plain log lines, and a resumable state file (:func:`state_file`) written atomically at
+  each validation;
+- :func:`fit_epochs`: :func:`fit` in epochs (a new random order of the training items
+  each epoch, validation after each);
+- :class:`BestEpoch`: the best weights, the history and the summary.
 
 Example:
     >>> import torch
@@ -43,15 +45,16 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import platform
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -62,10 +65,14 @@ from mmreg.atomic import atomic_path
 __all__ = [
     "SEED_PROTOCOL",
     "BestEpoch",
+    "digest",
+    "epoch_steps",
     "fit",
     "fit_and_save",
+    "fit_epochs",
     "seed_everything",
     "split_items",
+    "state_file",
 ]
 
 LOG = logging.getLogger("mmreg.train")
@@ -77,6 +84,9 @@ SEED_PROTOCOL = (
 )
 
 Record = dict[str, float]
+
+#: Items :func:`split_items` splits: ids, or positions in a list.
+Item = TypeVar("Item", str, int)
 
 
 class BestEpoch:
@@ -145,7 +155,11 @@ class BestEpoch:
 
     def summary(self, *, device: str, settings: Any, **extra: Any) -> dict[str, Any]:
         """The fields every training summary has, plus ``extra``."""
-        values = asdict(settings) if is_dataclass(settings) else dict(settings)
+        values = (
+            asdict(settings)
+            if is_dataclass(settings) and not isinstance(settings, type)
+            else dict(settings)
+        )
         return {
             **extra,
             "best_epoch": self.epoch,
@@ -178,22 +192,30 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def split_items(ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+def split_items(
+    ids: Iterable[Item], val_fraction: float, seed: int, *, min_each: int = 1
+) -> tuple[list[Item], list[Item]]:
     """Deterministic train/validation split of ``ids`` (each list sorted).
 
-    The ids are sorted, permuted with ``numpy.random.default_rng(seed)`` and the first
-    ``round(n * val_fraction)`` go to validation, at least one and at most ``n - 1`` when
-    ``n >= 2`` and ``val_fraction > 0``; with fewer than two ids all are for training.
+    The ids (names, or list positions) are sorted, permuted with
+    ``numpy.random.default_rng(seed)`` and the first ``round(n * val_fraction)`` go to
+    validation, at least ``min_each`` and at most ``n - min_each`` when
+    ``val_fraction > 0``; with fewer than ``2 * min_each`` ids all are for training.
+    ``min_each=2`` suits contrastive losses, whose negatives come from the same side.
 
     Example:
         >>> split_items(["c", "a", "b", "d"], 0.25, seed=0)
         (['a', 'b', 'd'], ['c'])
+        >>> split_items(range(4), 0.25, seed=0, min_each=2)
+        ([1, 3], [0, 2])
+        >>> split_items(range(3), 0.5, seed=0, min_each=2)
+        ([0, 1, 2], [])
     """
     items = sorted(set(ids))
-    n = len(items)
-    if n < 2 or val_fraction <= 0:
+    n, least = len(items), max(1, int(min_each))
+    if n < 2 * least or val_fraction <= 0:
         return items, []
-    n_val = min(max(1, round(n * float(val_fraction))), n - 1)
+    n_val = min(max(least, round(n * float(val_fraction))), n - least)
     order = np.random.default_rng(int(seed)).permutation(n)
     val = sorted(items[i] for i in order[:n_val])
     train = sorted(items[i] for i in order[n_val:])
@@ -229,6 +251,53 @@ def _set_rng_state(state: Mapping[str, Any], generator: torch.Generator | None) 
         generator.set_state(state["generator"])
 
 
+def state_file(out: str | Path) -> Path:
+    """Where the resumable training state of the checkpoint ``out`` is kept: next to it.
+
+    Example:
+        >>> state_file("models/dns.pt").name
+        'dns.pt.state'
+    """
+    out = Path(out)
+    return out.with_name(out.name + ".state")
+
+
+def digest(*arrays: torch.Tensor | np.ndarray | Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of arrays' shapes, types and values (a state dict's too), for a fingerprint
+    of in-memory training data or weights that have no file name.
+
+    Example:
+        >>> digest(np.zeros(3)) == digest(torch.zeros(3, dtype=torch.float64))
+        True
+        >>> digest(np.zeros(3)) == digest(np.zeros(4))
+        False
+    """
+    sha = hashlib.sha256()
+
+    def add(value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key in sorted(value):
+                sha.update(str(key).encode())
+                add(value[key])
+            return
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        array = np.ascontiguousarray(value)
+        sha.update(f"{array.dtype.str}{array.shape}".encode())
+        sha.update(array.tobytes())
+
+    for value in arrays:
+        add(value)
+    return sha.hexdigest()
+
+
+def _shown(score: Any) -> str:
+    """A score for a log line (a number, or a tuple of numbers)."""
+    if isinstance(score, tuple):
+        return "(" + ", ".join(f"{v:.4f}" for v in score) + ")"
+    return f"{score:.4f}"
+
+
 def _duration(seconds: float) -> str:
     seconds = int(max(0.0, seconds))
     h, rest = divmod(seconds, 3600)
@@ -245,7 +314,7 @@ def fit(
     steps: int,
     validate_every: int,
     log_every: int = 50,
-    score: str = "score",
+    score: str | Callable[[Record], Any] = "score",
     progress: bool = False,
     state_path: str | Path | None = None,
     fingerprint: Mapping[str, Any] | None = None,
@@ -254,6 +323,8 @@ def fit(
     log: logging.Logger = LOG,
     desc: str = "train",
     time_limit_s: float | None = None,
+    steps_per_epoch: int = 1,
+    on_epoch: Callable[[Record], None] | None = None,
 ) -> BestEpoch:
     """Train for ``steps`` steps, validating every ``validate_every`` and at the end.
 
@@ -267,7 +338,9 @@ def fit(
         steps: Total number of steps (also when resuming).
         validate_every: Steps between validations.
         log_every: Steps between plain log lines (when ``progress`` is off).
-        score: The key of the validation record to maximise.
+        score: The key of the validation record to maximise, or a function of the
+            whole record (``train_*`` means and validation numbers) giving a comparable
+            value (e.g. a tuple: the first entry decides, the next breaks ties).
         progress: Show a tqdm bar instead of the log lines.
         state_path: A resumable state (weights, optimiser, scheduler, step, best so far,
             RNG states) is written there atomically at each validation; a run starts
@@ -280,17 +353,21 @@ def fit(
         desc: The bar's label.
         time_limit_s: Stop (after a last validation) once this many seconds of this
             call have passed, even before ``steps`` (``None``: no limit).
+        steps_per_epoch: The records' ``epoch`` is ``step / steps_per_epoch`` (1: the
+            step; see :func:`fit_epochs`).
+        on_epoch: Called with each validation's record (e.g. for a caller's own logging).
 
     Returns:
-        The :class:`BestEpoch` (``epoch`` is the step of the best validation; the
-        module still holds the last weights, use ``best.restore()``).
+        The :class:`BestEpoch` (``epoch`` is the epoch, by default the step, of the best
+        validation; the module still holds the last weights, use ``best.restore()``).
     """
     from tqdm.auto import tqdm
 
     steps, validate_every = int(steps), max(1, int(validate_every))
-    print_every = max(1, int(log_every))
+    print_every, per_epoch = max(1, int(log_every)), max(1, int(steps_per_epoch))
+    unit = "step" if per_epoch == 1 else "epoch"
     fingerprint = dict(fingerprint or {})
-    best = BestEpoch(module, log=log if not progress else None)
+    best = BestEpoch(module, log=log if not progress else None, on_epoch=on_epoch)
     start = 0
     path = Path(state_path) if state_path is not None else None
     if path is not None and path.is_file():
@@ -338,15 +415,17 @@ def fit(
                 module.train()
                 train_means = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
                 sums, count = {}, 0
-                entry = {"epoch": float(step), **train_means, **val}
-                best.end_epoch(entry, score=float(val[score]))
+                entry = {"epoch": step / per_epoch, **train_means, **val}
+                value = score(entry) if callable(score) else float(entry[score])
+                best.end_epoch(entry, score=value)
                 if not progress:
                     log.info(
-                        "%s validation at step %d: %s (best %s at step %d)",
+                        "%s validation at step %d: %s (best %s at %s %d)",
                         time.strftime("%Y-%m-%d %H:%M:%S"),
                         step,
                         " ".join(f"{k} {v:.4f}" for k, v in val.items()),
-                        f"{best.score:.4f}",
+                        _shown(best.score),
+                        unit,
                         best.epoch,
                     )
                 if path is not None:
@@ -358,6 +437,86 @@ def fit(
     finally:
         bar.close()
     return best
+
+
+def epoch_steps(items: int, batch_size: int, *, drop_last: bool = True) -> int:
+    """Steps of one :func:`fit_epochs` epoch over ``items`` items in batches of ``batch_size``.
+
+    Example:
+        >>> epoch_steps(10, 4), epoch_steps(10, 4, drop_last=False), epoch_steps(3, 8)
+        (2, 3, 1)
+    """
+    if items < 1:
+        raise ValueError("an epoch needs at least one training item")
+    size = max(1, min(int(batch_size), int(items)))
+    return items // size if drop_last else -(-items // size)
+
+
+def fit_epochs(
+    module: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    train_step: Callable[[int, list[int]], Mapping[str, float]],
+    validate: Callable[[], Mapping[str, float]],
+    *,
+    epochs: int,
+    items: int,
+    batch_size: int,
+    generator: torch.Generator,
+    drop_last: bool = True,
+    **options: Any,
+) -> BestEpoch:
+    """:func:`fit` in epochs: each epoch is one pass over ``items`` training items.
+
+    Batches hold ``size = min(batch_size, items)`` items; an epoch is
+    :func:`epoch_steps` steps: ``items // size`` (``drop_last``: the rest of the order is
+    left out) or ``ceil(items / size)``. At an
+    epoch's first step the order ``torch.randperm(items, generator=generator)`` is drawn;
+    ``train_step(step, batch)`` (``step`` 1-based over the whole run) gets the positions of
+    its batch's items. Validation follows every epoch; the records' ``epoch`` counts
+    epochs. ``options`` go to :func:`fit` (``state_path``, ``score``, ``scheduler``,
+    ``on_epoch``...). A run resumed from a state saved at a validation continues exactly;
+    one stopped inside an epoch (``time_limit_s``) draws a new order for that epoch's rest.
+
+    Example:
+        >>> gen = seed_everything(0)
+        >>> net = torch.nn.Linear(1, 1)
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        >>> xs = torch.linspace(-1, 1, 6)[:, None]
+        >>> def step(i, batch):
+        ...     loss = (net(xs[batch]) - 2 * xs[batch]).pow(2).mean()
+        ...     opt.zero_grad(); loss.backward(); opt.step()
+        ...     return {"loss": float(loss.detach())}
+        >>> def validate():
+        ...     return {"score": -float((net(xs) - 2 * xs).pow(2).mean())}
+        >>> best = fit_epochs(net, opt, step, validate, epochs=3, items=6, batch_size=4,
+        ...                   drop_last=False, generator=gen)
+        >>> [h["epoch"] for h in best.history], sorted(best.history[0])
+        ([1.0, 2.0, 3.0], ['epoch', 'score', 'train_loss'])
+    """
+    n = int(items)
+    size = max(1, min(int(batch_size), n))
+    per_epoch = epoch_steps(n, batch_size, drop_last=drop_last)
+    current = -1  # the epoch whose order is drawn
+    order: list[int] = []
+
+    def step(i: int) -> Mapping[str, float]:
+        nonlocal current, order
+        epoch, k = divmod(i - 1, per_epoch)
+        if epoch != current:
+            current, order = epoch, torch.randperm(n, generator=generator).tolist()
+        return train_step(i, order[k * size : (k + 1) * size])
+
+    return fit(
+        module,
+        optimiser,
+        step,
+        validate,
+        steps=int(epochs) * per_epoch,
+        validate_every=per_epoch,
+        steps_per_epoch=per_epoch,
+        generator=generator,
+        **options,
+    )
 
 
 def fit_and_save(
@@ -387,12 +546,12 @@ def fit_and_save(
     ``data`` names the training data (recorded in the resume fingerprint and the
     summary, e.g. ``{"train": [...], "val": [...]}``); ``score_name`` names the
     validation score in the summary (``best_val_<score_name>``). The state file
-    ``<out>.state`` makes the run resumable and is removed once the checkpoint exists.
+    (:func:`state_file`) makes the run resumable and is removed once the checkpoint exists.
     """
     from mmreg.models import save_checkpoint
 
     fingerprint = {"settings": asdict(settings), **data, "device": device}
-    state_path = out.with_name(out.name + ".state")
+    state_path = state_file(out)
     best = fit(
         module,
         optimiser,

@@ -1,7 +1,9 @@
 """Training and inference of the 2D segmentation U-Net on (image, label map) arrays.
 
-Engine-free: arrays in, weights out. Where the labels come from (registration of
-another modality's labels) is the caller's business (see ``transfer.py``).
+Arrays in, weights out, on the shared training engine (:func:`mmreg.training.fit_epochs`:
+seeding, the epoch loop, best-validation weights, progress, resumable state). Where the
+labels come from (registration of another modality's labels) is the caller's business
+(see ``transfer.py``).
 
 Example:
     >>> import numpy as np
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mmreg.segmentation.unet import UNet2d, UNetConfig
-from mmreg.training import BestEpoch
+from mmreg.training import digest, fit_epochs, seed_everything, split_items
 
 __all__ = [
     "SegmenterTrainSettings",
@@ -100,15 +103,14 @@ def dice_per_class(pred: npt.NDArray, truth: npt.NDArray, n_classes: int) -> lis
 
 
 def validation_count(n: int, fraction: float) -> int:
-    """Items held out of ``n`` for ``fraction``: at least one, and never all of them.
+    """Items :func:`mmreg.training.split_items` holds out of ``n`` for ``fraction``: at
+    least one, and never all of them.
 
     Example:
         >>> validation_count(10, 0.2), validation_count(1, 0.2), validation_count(10, 0.0)
         (2, 0, 0)
     """
-    if fraction <= 0 or n < 2:
-        return 0
-    return min(n - 1, max(1, round(n * fraction)))
+    return len(split_items(range(n), fraction, seed=0)[1])
 
 
 def _augment(
@@ -122,16 +124,12 @@ def _augment(
     return torch.roll(x, (dy, dx), dims=(2, 3)), torch.roll(y, (dy, dx), dims=(1, 2))
 
 
-def _batches(n: int, size: int, gen: torch.Generator) -> list[list[int]]:
-    order = torch.randperm(n, generator=gen).tolist()
-    return [order[i : i + size] for i in range(0, n, size)]
-
-
 def _stack(items: Sequence[npt.NDArray], dtype: torch.dtype) -> torch.Tensor:
     shape = tuple(max(s) for s in zip(*(a.shape for a in items), strict=True))
     out = np.zeros((len(items), *shape), dtype=np.float32 if dtype.is_floating_point else np.int64)
     for k, a in enumerate(items):
-        out[(k, *(slice(0, s) for s in a.shape))] = a
+        index: tuple[int | slice, ...] = (k, *(slice(0, s) for s in a.shape))
+        out[index] = a
     return torch.from_numpy(out).to(dtype)
 
 
@@ -144,26 +142,26 @@ def train_segmenter(
     device: str = "cpu",
     progress: bool = True,
     n_val: int | None = None,
+    state_path: Path | None = None,
 ) -> TrainedSegmenter:
     """Train a U-Net on ``images`` ``(C, H, W)`` with integer ``labels`` ``(H, W)``.
 
-    The last ``n_val`` items (default: :func:`validation_count` of ``val_fraction``)
-    are held out; the epoch with the best mean validation Dice is kept.
+    Validation items: the last ``n_val`` (the caller's own split, e.g. by subject), by
+    default a :func:`mmreg.training.split_items` split of the positions (``val_fraction``,
+    ``seed``). The epoch with the best mean validation Dice is kept (without validation
+    items, the training items are scored). ``state_path``: a resumable training state
+    (:func:`mmreg.training.fit`; ``None``: none is kept).
     """
-    from tqdm import tqdm
-
     if len(images) != len(labels) or not images:
         raise ValueError("need as many label maps as images, and at least one")
-    torch.manual_seed(settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)
+    generator = seed_everything(settings.seed)
+    n = len(images)
     if n_val is None:
-        n_val = validation_count(len(images), settings.val_fraction)
-    if not 0 <= n_val < len(images):
+        train_idx, val_idx = split_items(range(n), settings.val_fraction, settings.seed)
+    elif 0 <= n_val < n:
+        train_idx, val_idx = list(range(n - n_val)), list(range(n - n_val, n))
+    else:
         raise ValueError(f"n_val must leave at least one training item, got {n_val}")
-    train_idx, val_idx = (
-        list(range(len(images) - n_val)),
-        list(range(len(images) - n_val, len(images))),
-    )
     config = UNetConfig(
         in_channels=int(images[0].shape[0]),
         n_classes=n_classes,
@@ -172,33 +170,51 @@ def train_segmenter(
     )
     model = config.build().to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    bar = tqdm(range(settings.epochs), desc="unet", unit="epoch", disable=not progress)
-    best = BestEpoch(model, bar=bar, score=-1.0)
-    for epoch in bar:
-        model.train()
-        losses = []
-        for batch in _batches(len(train_idx), settings.batch_size, gen):
-            x = _stack([images[train_idx[i]] for i in batch], torch.float32)
-            y = _stack([labels[train_idx[i]] for i in batch], torch.int64)
-            if settings.augment:
-                x, y = _augment(x, y, gen)
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
-        scored = val_idx or train_idx
+
+    def train_step(step: int, batch: list[int]) -> dict[str, float]:
+        x = _stack([images[train_idx[i]] for i in batch], torch.float32)
+        y = _stack([labels[train_idx[i]] for i in batch], torch.int64)
+        if settings.augment:
+            x, y = _augment(x, y, generator)
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        return {"loss": float(loss.detach())}
+
+    def validate() -> dict[str, float]:
         scores = [
             np.nanmean(
                 dice_per_class(predict(model, images[i], device=device), labels[i], n_classes)
             )
-            for i in scored
+            for i in val_idx or train_idx
         ]
-        record["val_dice"] = float(np.nanmean(scores))
-        best.end_epoch(record, record["val_dice"])
+        return {"val_dice": float(np.nanmean(scores))}
+
+    best = fit_epochs(
+        model,
+        optimiser,
+        train_step,
+        validate,
+        epochs=settings.epochs,
+        items=len(train_idx),
+        batch_size=settings.batch_size,
+        drop_last=False,
+        generator=generator,
+        score="val_dice",
+        progress=progress,
+        state_path=state_path,
+        fingerprint={
+            "settings": asdict(settings),
+            "n_classes": n_classes,
+            "val": val_idx,
+            "data": digest(*images, *labels),
+            "device": device,
+        },
+        desc="unet",
+    )
     model.load_state_dict(best.state)  # on the training device, unlike best.restore()
     model.eval()
     return TrainedSegmenter(model, config, best.history, best.epoch, best.score)

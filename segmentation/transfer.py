@@ -38,13 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
 from mmreg.errors import InputError
 from mmreg.imaging.groundtruth import read_label_names
-from mmreg.imaging.image import Grid, Image, load_image, load_labels
+from mmreg.imaging.image import Grid, Image, load_image, load_labels, load_spatial
 from mmreg.imaging.planar import DIXON_ROLES, PlanarPair, dixon_channels
 from mmreg.imaging.preprocess import PreprocessOptions, reorient_canonical
 from mmreg.imaging.slice_synthesis import (
@@ -275,13 +274,13 @@ def footprint_truth(record: Mapping[str, Any], side: str, mr: MRSlice) -> Image 
     return Transform.identity(ndim=2).apply(footprint, mr.grid, interpolation="nearest", fill=0)
 
 
-def mr_side(record: Mapping[str, Any]) -> str:
+def mr_side(record: Mapping[str, Any]) -> Literal["fixed", "moving"]:
     """Which image of a pair is the MR: the 3D one, or the moving one when both are 2D.
 
     Reads the file header only.
     """
     try:
-        shape = [n for n in nib.load(str(record["fixed"])).shape if n > 1]
+        shape = [n for n in load_spatial(record["fixed"]).shape if n > 1]
     except Exception as exc:  # nibabel raises many types for a bad file
         raise InputError(
             f"{Path(record['fixed']).name}: unreadable ({type(exc).__name__})"
@@ -398,7 +397,7 @@ def transfer_subject(
         MmregError: When registration fails.
     """
     side = mr_side(record)
-    dxa_side = "moving" if side == "fixed" else "fixed"
+    dxa_side: Literal["fixed", "moving"] = "moving" if side == "fixed" else "fixed"
     dseg = record.get(f"{dxa_side}_dseg")
     if not dseg or not Path(dseg).is_file():
         raise InputError(f"no label map of the {dxa_side} image (the DXA) to transfer")

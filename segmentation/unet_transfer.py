@@ -5,7 +5,8 @@ registration method (any ``--methods`` spec; default ``contrastive-refine``, as 
 Windsor et al. 2021), its label map is warped onto the slice
 (:func:`~mmreg.segmentation.transfer.transfer_subject`), and a U-Net learns the
 transferred labels from the MR fat and water slices. A subject whose registration fails
-is skipped with a warning. Validation is by subject; the epoch with the best Dice
+is skipped with a warning. Validation is by subject
+(:func:`mmreg.training.split_items` of the subject ids); the epoch with the best Dice
 against the validation subjects' *transferred* labels is kept (all a real study has).
 When the MR's own ground truth exists, the checkpoint also records the Dice of the
 U-Net and of the transferred labels themselves against it on the validation subjects
@@ -34,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from mmreg.errors import InputError, UsageError
 from mmreg.imaging.image import Grid, Image
@@ -48,7 +48,6 @@ from mmreg.segmentation.train import (
     dice_per_class,
     predict_proba,
     train_segmenter,
-    validation_count,
 )
 from mmreg.segmentation.transfer import (
     MRSlice,
@@ -57,6 +56,7 @@ from mmreg.segmentation.transfer import (
     transfer_subject,
 )
 from mmreg.segmentation.unet import UNet2d, UNetConfig
+from mmreg.training import SEED_PROTOCOL, seed_everything, split_items, state_file
 
 __all__ = [
     "FAMILY",
@@ -353,16 +353,23 @@ def fit_unet_transfer(
     label_names: Mapping[int, str] | None = None,
     device: str = "cpu",
     progress: bool = True,
+    state_path: Path | None = None,
 ) -> tuple[TransferSegmenter, dict[str, Any]]:
     """Train the U-Net on transferred subjects; return it and a training summary.
 
-    Subjects are shuffled with the seed; the last ``val_fraction`` of them are validation.
+    Subjects are split into training and validation by their ids
+    (:func:`mmreg.training.split_items` with ``val_fraction`` and ``seed``).
+    ``state_path``: a resumable training state (``None``: none is kept).
 
     Raises:
-        InputError: Without subjects, or when their MR channels differ.
+        InputError: Without subjects, for a subject given twice, or when their MR
+            channels differ.
     """
     if not subjects:
         raise InputError("no subject with transferred labels to train on")
+    by_id = {s.subject: s for s in subjects}
+    if len(by_id) != len(subjects):
+        raise InputError("each subject (and session) can be given once")
     channels = subjects[0].mr.roles
     for item in subjects:
         if item.mr.roles != channels:
@@ -370,8 +377,8 @@ def fit_unet_transfer(
                 f"sub-{item.subject}: MR channels {item.mr.roles}, others have {channels}"
             )
     spacing = settings.spacing_mm or float(min(subjects[0].mr.grid.spacing))
-    order = [subjects[i] for i in np.random.default_rng(settings.seed).permutation(len(subjects))]
-    n_val = validation_count(len(order), settings.val_fraction)
+    train_ids, val_ids = split_items(list(by_id), settings.val_fraction, settings.seed)
+    order, n_val = [by_id[i] for i in train_ids + val_ids], len(val_ids)
     images = [_working_input(s.mr, spacing)[0] for s in order]
     labels = [_working_labels(s.labels, s.mr, spacing) for s in order]
     names = dict(label_names or {})
@@ -385,6 +392,7 @@ def fit_unet_transfer(
         device=device,
         progress=progress,
         n_val=n_val,
+        state_path=state_path,
     )
     wall = time.perf_counter() - start
     segmenter = TransferSegmenter(
@@ -402,6 +410,8 @@ def fit_unet_transfer(
         "device": device,
         "spacing_mm": spacing,
         "settings": asdict(settings),
+        "seed": settings.seed,
+        "seed_protocol": SEED_PROTOCOL,
     }
     scores = truth_scores(segmenter, val_part, device="cpu")
     if scores is not None:
@@ -474,6 +484,9 @@ def train_unet_transfer(
 ) -> Path:
     """``mmreg train unet-transfer``: transfer DXA labels to MR slices, train, save.
 
+    A resumable state of the U-Net training is kept next to ``out``
+    (:func:`mmreg.training.state_file`; removed once the checkpoint exists).
+
     Args:
         pairs: ``mmreg train`` pair records (DXA fixed with its ``fixed_dseg``, MR moving).
         out: The ``.pt`` file to write (with a ``.sha256`` sidecar).
@@ -490,7 +503,7 @@ def train_unet_transfer(
     """
     start = time.perf_counter()
     models = parse_model_option(settings.model, settings.method)
-    torch.manual_seed(settings.seed)
+    seed_everything(settings.seed)  # registration methods may draw from the global RNGs
     subjects, skipped = collect_subjects(
         pairs,
         method=settings.method,
@@ -505,8 +518,9 @@ def train_unet_transfer(
         raise InputError(f"no subject could be transferred with {settings.method}: {first}")
     transfer_s = time.perf_counter() - start
     names = label_table(pairs)
+    state = state_file(out)
     segmenter, summary = fit_unet_transfer(
-        subjects, settings, label_names=names, device=device, progress=progress
+        subjects, settings, label_names=names, device=device, progress=progress, state_path=state
     )
     from mmreg.methods import model_families
     from mmreg.models import model_record
@@ -522,4 +536,5 @@ def train_unet_transfer(
         "wall_time_s": round(time.perf_counter() - start, 1),
     }
     save_unet_transfer(Path(out), segmenter, summary)
+    state.unlink(missing_ok=True)
     return Path(out)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from fileformats.application import Json
 
@@ -12,7 +12,8 @@ from mmreg.imaging.groundtruth import load_ground_truth
 from mmreg.imaging.image import save_image
 from mmreg.imaging.transform import Transform
 from mmreg.pipeline import Failure, clean_row, evaluate, method_columns
-from mmreg.tasks._manifest import read_manifest
+from mmreg.records import PairRecord, ResultRow
+from mmreg.tasks._manifest import Registered
 from mmreg.tasks.define import task
 
 
@@ -34,49 +35,56 @@ def EvaluatePair(
         code: Code fingerprint; only here so a code change invalidates the cache.
 
     Returns:
-        row: The CSV row (contract columns and per-label columns) plus private
-            ``_warped``/``_transform``/``_traceback``/``_label_maps``/``_midcoronal``
-            entries for the writer.
+        row: A :class:`mmreg.records.ResultRow` as JSON: status, metrics (contract and
+            per-label columns) and the files the derivatives sink copies.
     """
     del code
-    upstream = read_manifest(result)
-    row: dict[str, Any] = {
-        "method": upstream.get("method", ""),
-        "status": upstream["status"],
-        "error": upstream.get("error", ""),
-        "runtime_s": upstream.get("runtime_s"),
-        "_traceback": upstream.get("traceback", ""),
-    }
-    upstream_warnings = upstream.get("warnings", [])
-    if upstream["status"] != "ok":
-        return {**row, "warnings": "; ".join(upstream_warnings)}
+    record = PairRecord.from_dict(pair)
+    upstream = Registered.read(result.fspath)
+    row = ResultRow(
+        pair_id=record.pair_id,
+        method=upstream.method,
+        status=upstream.status,
+        error=upstream.error,
+        runtime_s=upstream.runtime_s,
+        traceback=upstream.traceback,
+    )
+    upstream_warnings = list(upstream.warnings)
+    if not row.ok:
+        return replace(row, warnings="; ".join(upstream_warnings)).to_dict()
     try:
-        transform = Transform.read(upstream["transform"])
+        transform = Transform.read(upstream.transform)
         ground_truth = load_ground_truth(
-            fixed_labels=pair.get("fixed_dseg"),
-            moving_labels=pair.get("moving_dseg"),
-            fixed_landmarks=pair.get("fixed_landmarks"),
-            moving_landmarks=pair.get("moving_landmarks"),
+            fixed_labels=record.fixed_dseg,
+            moving_labels=record.moving_dseg,
+            fixed_landmarks=record.fixed_landmarks,
+            moving_landmarks=record.moving_landmarks,
             label_table=label_table or None,
-            fixed_image=pair["fixed"],
-            moving_image=pair["moving"],
+            fixed_image=record.fixed,
+            moving_image=record.moving,
         )
         warped, metrics = evaluate(
-            pair["fixed"], pair["moving"], transform, ground_truth, coronal_slice=coronal_slice
+            record.fixed, record.moving, transform, ground_truth, coronal_slice=coronal_slice
         )
         warped_path = save_image(warped, Path.cwd() / "warped.nii.gz")
     except Exception as exc:
         failure = Failure.from_exception(exc)
-        row.update(status="failed", error=failure.reason, _traceback=failure.traceback)
-        return {**row, "warnings": "; ".join(notices.merge(upstream_warnings, notices.current()))}
-    row.update(metrics)
-    row.update(method_columns(upstream.get("extras") or {}))
-    row["warnings"] = "; ".join(notices.merge(upstream_warnings, notices.current()))
-    row.update(
-        _warped=str(warped_path),
-        _transform=upstream["transform"],
-        _label_maps=upstream.get("label_maps", {}),
-        _midcoronal=upstream.get("midcoronal", {}),
-        extras=upstream.get("extras", {}),
-    )
-    return clean_row(row)
+        warnings = "; ".join(notices.merge(upstream_warnings, notices.current()))
+        return replace(
+            row,
+            status="failed",
+            error=failure.reason,
+            traceback=failure.traceback,
+            warnings=warnings,
+        ).to_dict()
+    columns = clean_row({**metrics, **method_columns(upstream.extras)})
+    return replace(
+        row,
+        metrics=columns,
+        warnings="; ".join(notices.merge(upstream_warnings, notices.current())),
+        warped=str(warped_path),
+        transform=upstream.transform,
+        label_maps=upstream.label_maps,
+        midcoronal=upstream.midcoronal,
+        extras=upstream.extras,
+    ).to_dict()

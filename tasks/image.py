@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from fileformats.medimage import NiftiGz
@@ -53,7 +54,9 @@ def ReorientImage(in_file: NiftiGz) -> NiftiGz:
 
 
 @task(outputs=["out_file"])
-def ResampleImage(in_file: NiftiGz, spacing: float = 2.0, order: int = 1) -> NiftiGz:
+def ResampleImage(
+    in_file: NiftiGz, spacing: float = preprocess.DEFAULT_SPACING, order: int = 1
+) -> NiftiGz:
     """Resample onto an isotropic grid over the same field of view.
 
     Args:
@@ -115,7 +118,8 @@ def ApplyTransform(
         transform: ``.txt``/``.mat``/``.h5`` ITK transform, fixed->moving.
         interpolation: ``linear`` or ``nearest``.
     """
-    reader = load_labels if interpolation == "nearest" else load_image
+    mode: Literal["linear", "nearest"] = "nearest" if interpolation == "nearest" else "linear"
+    reader = load_labels if mode == "nearest" else load_image
     grid = load_image(reference.fspath, check_contents=False).grid
-    out = Transform.read(transform).apply(reader(moving.fspath), grid, interpolation=interpolation)
+    out = Transform.read(transform).apply(reader(moving.fspath), grid, interpolation=mode)
     return NiftiGz(save_image(out, _out("warped.nii.gz")))

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from fileformats.application import Json
 
 from mmreg.imaging.image import save_channels, save_image
 from mmreg.imaging.planar import PlanarPair, dixon_channels
-from mmreg.imaging.preprocess import DEFAULT_PREALIGN, PreprocessOptions
+from mmreg.imaging.preprocess import DEFAULT_PREALIGN, DEFAULT_SPACING, PreprocessOptions
 from mmreg.pipeline import Failure, load_pair, prepare_loaded
-from mmreg.tasks._manifest import failed_manifest, write_manifest
+from mmreg.tasks._manifest import Prepared
 from mmreg.tasks.define import task
 
 
 @task(outputs=["prepared"])
 def PreparePair(
     pair: dict,
-    spacing: float = 2.0,
+    spacing: float = DEFAULT_SPACING,
     normalize: bool = True,
     mask: bool = False,
     prealign: str = DEFAULT_PREALIGN,
@@ -29,7 +30,7 @@ def PreparePair(
     """Validate, reorient, resample and normalise both images; pre-align them.
 
     Args:
-        pair: A pair record (``mmreg.bids_app.query.Pair.to_dict()``).
+        pair: A :class:`~mmreg.records.PairRecord` as JSON.
         spacing: Isotropic voxel size for registration, mm.
         normalize: Robust intensity normalisation to [0, 1].
         mask: Zero the background outside a foreground mask.
@@ -51,6 +52,8 @@ def PreparePair(
         coronal_slice=coronal_slice,
     )
     start = time.perf_counter()
+    # Which pair, and when it began: a person (or a test) reading the work dir can tell.
+    manifest = Prepared(pair_id=pair.get("pair_id", ""), started_at=time.time())
     try:
         planar = load_pair(pair["fixed"], pair["moving"], coronal_slice=coronal_slice)
         prepared = prepare_loaded(planar, options)
@@ -58,25 +61,24 @@ def PreparePair(
         fixed = save_image(prepared.fixed, Path.cwd() / "fixed_preproc.nii.gz")
         moving = save_image(prepared.moving, Path.cwd() / "moving_preproc.nii.gz")
         channels = {
-            f"{side}_channels": save_channels(image, Path.cwd() / f"{side}_channels.nii.gz")
+            side: str(save_channels(image, Path.cwd() / f"{side}_channels.nii.gz"))
             for side, image in (("fixed", prepared.fixed), ("moving", prepared.moving))
             if image.channels is not None
         }
         initial = prepared.initial.write(Path.cwd() / "initial_xfm.txt")
     except Exception as exc:
-        return Json(failed_manifest("prepared.json", Failure.from_exception(exc)))
-    return Json(
-        write_manifest(
-            "prepared.json",
-            fixed=str(fixed),
-            moving=str(moving),
-            initial=str(initial),
-            **{k: str(v) for k, v in channels.items()},
-            midcoronal=midcoronal,
-            # For the throughput benchmark's split of wall time; not in the tables.
-            preprocess_s=time.perf_counter() - start,
-        )
+        return Json(manifest.failed(Failure.from_exception(exc)).write())
+    done = replace(
+        manifest,
+        fixed=str(fixed),
+        moving=str(moving),
+        initial=str(initial),
+        fixed_channels=channels.get("fixed", ""),
+        moving_channels=channels.get("moving", ""),
+        midcoronal=midcoronal,
+        preprocess_s=time.perf_counter() - start,
     )
+    return Json(done.write())
 
 
 def _save_slice(planar: PlanarPair, pair: dict) -> dict:

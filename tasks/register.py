@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from fileformats.application import Json
@@ -11,7 +12,7 @@ from mmreg.imaging.transform import Transform
 from mmreg.models import verified_model_paths
 from mmreg.pipeline import Failure, PreparedPair, register
 from mmreg.runtime import limit_threads, resolve_device
-from mmreg.tasks._manifest import failed_manifest, read_manifest, write_manifest
+from mmreg.tasks._manifest import Prepared, Registered
 from mmreg.tasks.define import task
 
 
@@ -41,20 +42,22 @@ def RegisterPair(
         result: Manifest with the fixed-to-moving transform file and runtime.
     """
     del code
-    upstream = read_manifest(prepared)
-    if upstream["status"] != "ok":
-        return Json(write_manifest("result.json", method=method, **upstream))
+    upstream = Prepared.read(prepared.fspath)
+    manifest = Registered(
+        method=method, midcoronal=upstream.midcoronal, warnings=upstream.warnings
+    )
+    if not upstream.ok:
+        failed = replace(manifest, status="failed", error=upstream.error)
+        return Json(replace(failed, traceback=upstream.traceback).write())
     limit_threads(threads)
     try:
         models = verified_model_paths(models or {})
         pair = PreparedPair(
-            fixed=load_channels_into(
-                load_image(upstream["fixed"]), upstream.get("fixed_channels")
-            ),
+            fixed=load_channels_into(load_image(upstream.fixed), upstream.fixed_channels or None),
             moving=load_channels_into(
-                load_image(upstream["moving"]), upstream.get("moving_channels")
+                load_image(upstream.moving), upstream.moving_channels or None
             ),
-            initial=Transform.read(upstream["initial"]),
+            initial=Transform.read(upstream.initial),
         )
         result = register(
             pair,
@@ -72,16 +75,12 @@ def RegisterPair(
             for side, image in result.label_maps.items()
         }
     except Exception as exc:
-        return Json(failed_manifest("result.json", Failure.from_exception(exc), method=method))
-    return Json(
-        write_manifest(
-            "result.json",
-            method=method,
-            transform=str(xfm),
-            runtime_s=result.runtime_s,
-            extras=result.extras,
-            label_maps=label_maps,
-            midcoronal=upstream.get("midcoronal", {}),
-            warnings=upstream.get("warnings", []),
-        )
+        return Json(manifest.failed(Failure.from_exception(exc)).write())
+    done = replace(
+        manifest,
+        transform=str(xfm),
+        runtime_s=result.runtime_s,
+        extras=result.extras,
+        label_maps=label_maps,
     )
+    return Json(done.write())

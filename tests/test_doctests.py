@@ -18,6 +18,7 @@ PACKAGES = (
     "mmreg.bids_app",
     "mmreg.imaging",
     "mmreg.imaging.phantoms",
+    "mmreg.imaging.phantoms.wholebody",
     "mmreg.interfaces",
     "mmreg.methods",
     "mmreg.methods.contrastive",

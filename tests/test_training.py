@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from mmreg.training import BestEpoch, fit, seed_everything, split_items
+from mmreg.training import (
+    BestEpoch,
+    digest,
+    epoch_steps,
+    fit,
+    fit_epochs,
+    seed_everything,
+    split_items,
+    state_file,
+)
 
 
 def test_split_is_deterministic_and_disjoint():
@@ -133,3 +142,100 @@ def test_best_epoch_keeps_the_first_of_ties():
     assert best.end_epoch({"epoch": 1.0}, score=1.0)
     assert not best.end_epoch({"epoch": 2.0}, score=1.0)
     assert best.epoch == 1
+
+
+def test_split_with_two_on_each_side():
+    assert split_items(range(4), 0.1, seed=0, min_each=2) == ([1, 3], [0, 2])
+    assert split_items(range(3), 0.5, seed=0, min_each=2) == ([0, 1, 2], [])
+    train, val = split_items(range(5), 0.9, seed=1, min_each=2)
+    assert (len(train), len(val)) == (2, 3)
+
+
+def test_epoch_steps_and_state_file():
+    assert epoch_steps(10, 4) == 2 and epoch_steps(10, 4, drop_last=False) == 3
+    assert epoch_steps(3, 8) == 1
+    with pytest.raises(ValueError):
+        epoch_steps(0, 4)
+    assert state_file("out/model.pt").name == "model.pt.state"
+
+
+def test_digest_sees_values_shapes_and_keys():
+    a = {"w": torch.zeros(2, 2), "b": torch.ones(2)}
+    assert digest(a) == digest({"b": torch.ones(2), "w": torch.zeros(2, 2)})
+    assert digest(a) != digest({"w": torch.zeros(4), "b": torch.ones(2)})
+    assert digest(np.arange(3)) != digest(np.arange(3) + 1)
+
+
+class _EpochRun:
+    """A regression on 10 items trained by ``fit_epochs`` (batches of 4, rest kept)."""
+
+    def __init__(self):
+        self.gen = seed_everything(0)
+        self.x = torch.linspace(-1, 1, 10)[:, None]
+        self.net = torch.nn.Linear(1, 1)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.1)
+        self.batches = []
+
+    def step(self, step, batch):
+        self.batches.append(batch)
+        x = self.x[batch] + 0.01 * torch.randn(len(batch), 1, generator=self.gen)
+        loss = (self.net(x) - 3 * x).pow(2).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return {"loss": float(loss.detach())}
+
+    def validate(self):
+        return {"val_error": float((self.net(self.x) - 3 * self.x).abs().mean())}
+
+    def fit(self, epochs, state_path=None, on_epoch=None):
+        return fit_epochs(
+            self.net,
+            self.opt,
+            self.step,
+            self.validate,
+            epochs=epochs,
+            items=10,
+            batch_size=4,
+            drop_last=False,
+            generator=self.gen,
+            score=lambda record: (-round(record["val_error"], 1), -record["train_loss"]),
+            state_path=state_path,
+            fingerprint={"run": 1},
+            on_epoch=on_epoch,
+        )
+
+
+def test_fit_epochs_shuffles_each_epoch_like_a_hand_written_loop():
+    run = _EpochRun()
+    best = run.fit(3)
+    gen = seed_everything(0)
+    expected = []
+    for _ in range(3):
+        order = torch.randperm(10, generator=gen).tolist()
+        expected += [order[0:4], order[4:8], order[8:10]]
+        for batch in expected[-3:]:
+            torch.randn(len(batch), 1, generator=gen)  # the step's own draws
+    assert run.batches == expected
+    assert [h["epoch"] for h in best.history] == [1.0, 2.0, 3.0]
+    assert set(best.history[0]) == {"epoch", "train_loss", "val_error"}
+    assert best.epoch in (1, 2, 3) and isinstance(best.score, tuple)
+
+
+def test_fit_epochs_resumes_at_an_epoch_boundary(tmp_path):
+    full = _EpochRun()
+    full.fit(4)
+    state = tmp_path / "state.pt"
+
+    def interrupt(record):
+        if record["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    first = _EpochRun()
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(4, state_path=state, on_epoch=interrupt)
+    second = _EpochRun()
+    best = second.fit(4, state_path=state)
+    assert second.batches == full.batches[2 * 3 :]  # epochs 3 and 4 only
+    assert torch.equal(second.net.weight, full.net.weight)
+    assert [h["epoch"] for h in best.history] == [1.0, 2.0, 3.0, 4.0]

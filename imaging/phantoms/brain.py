@@ -256,8 +256,8 @@ def _template_labels(
     # frontal-horn and atrium landmarks.
     vent_box = (np.abs(x) < 32) & (y > -52) & (y < 32) & (z > -6) & (z < 36) & (np.abs(x) > 0.5)
     comp, _ = ndimage.label(is_csf & vent_box)
-    seeds = [MNI_LANDMARKS[k] for k in MNI_LANDMARKS if "horn" in k or "atrium" in k]
-    idx = np.rint(grid.world_to_voxel(np.array(seeds))).astype(int)
+    ventricle_seeds = [MNI_LANDMARKS[k] for k in MNI_LANDMARKS if "horn" in k or "atrium" in k]
+    idx = np.rint(grid.world_to_voxel(np.array(ventricle_seeds))).astype(int)
     ids = {int(comp[tuple(i)]) for i in idx} - {0}
     vent = np.isin(comp, list(ids))
     labels[vent & left] = 8
@@ -276,8 +276,8 @@ def _template_labels(
     tent = 4.0 - 0.6 * ax - 0.8 * np.maximum(0, -58 - y) - 0.8 * np.maximum(0, y + 52)
     fossa = (is_gm | is_wm) & ~stem & (z < tent) & (y < -30 - 0.3 * ax)
     comp, _ = ndimage.label(fossa)
-    seeds = np.array([[0.0, -64.0, -32.0], [-30.0, -66.0, -36.0], [30.0, -66.0, -36.0]])
-    idx = np.rint(grid.world_to_voxel(seeds)).astype(int)
+    cerebellum_seeds = np.array([[0.0, -64.0, -32.0], [-30.0, -66.0, -36.0], [30.0, -66.0, -36.0]])
+    idx = np.rint(grid.world_to_voxel(cerebellum_seeds)).astype(int)
     cerebellum = np.isin(comp, list({int(comp[tuple(i)]) for i in idx} - {0}))
     labels[cerebellum] = 10
     return labels
@@ -309,7 +309,7 @@ def load_template() -> BrainTemplate:
 # --------------------------------------------------------------------------- geometry
 
 
-def _apply_affine(matrix: Matrix4, points: npt.ArrayLike) -> Points:
+def _apply_affine(matrix: npt.NDArray[np.floating], points: npt.ArrayLike) -> Points:
     pts = np.asarray(points, dtype=np.float64)
     # Column-wise sums: far faster than ``pts @ M.T`` for millions of 3-vectors.
     out = np.empty_like(pts)

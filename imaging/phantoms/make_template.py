@@ -24,6 +24,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from mmreg.imaging.image import load_spatial
+
 #: Names of the shipped files, by map.
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_2009a_sym_2mm_T1w.nii.gz",
@@ -55,7 +57,7 @@ def make_template(out_dir: Path) -> list[Path]:
     Returns:
         The written files.
     """
-    src = {k: nib.load(str(p)) for k, p in _source_files().items()}
+    src = {k: load_spatial(p) for k, p in _source_files().items()}
     affine = src["t1"].affine
     arrays = {k: np.asarray(img.dataobj, dtype=np.float32) for k, img in src.items()}
     brain = np.argwhere(arrays["t1"] > 0)

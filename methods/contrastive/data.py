@@ -27,13 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
 from mmreg.errors import InputError
-from mmreg.imaging.image import Image, load_image
+from mmreg.imaging.image import Image, load_image, load_spatial
 from mmreg.imaging.preprocess import normalise_channels
 
 __all__ = [
@@ -155,7 +154,7 @@ def load_channels(path: str | Path | Sequence[str | Path]) -> ChannelImage:
         if "too small" not in str(exc) and "4D image" not in str(exc):
             raise
     # load_image refuses a short channel axis (too few voxels) or a 4D (X, Y, 1, C) file.
-    img = nib.load(str(path))
+    img = load_spatial(path)
     data = np.asarray(img.dataobj, dtype=np.float32)
     if data.ndim == 4 and data.shape[2] == 1:
         data = data[:, :, 0]
@@ -222,7 +221,9 @@ def sample(
     return out
 
 
-def inside_mask(image: ChannelImage, grid: Matrix3, shape: tuple[int, int]) -> npt.NDArray[bool]:
+def inside_mask(
+    image: ChannelImage, grid: Matrix3, shape: tuple[int, int]
+) -> npt.NDArray[np.bool_]:
     """Which working-grid pixels fall inside the image (within half a voxel of its edge)."""
     ij = np.indices(shape, dtype=np.float64).reshape(2, -1)
     world = grid @ np.vstack([ij, np.ones(ij.shape[1])])

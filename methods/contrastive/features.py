@@ -232,14 +232,18 @@ def similarity_matrix(
 
     if model.config.pooling == "global":
         vectors = {}
-        for name, images in (("dxa", dxa_images), ("mr", mr_images)):
+        sides: tuple[tuple[Modality, list[ChannelImage]], ...] = (
+            ("dxa", dxa_images),
+            ("mr", mr_images),
+        )
+        for name, images in sides:
             out = []
             for img in images:
-                check_channels(model, img, name)  # type: ignore[arg-type]
+                check_channels(model, img, name)
                 shape = covering_shape(img, model.config.spacing_mm, multiple=model.config.stride)
                 pixels, _, _ = canvas(img, model.config.spacing_mm, shape)
                 x = torch.from_numpy(pixels)[None].to(device)
-                out.append(model.embed(x, name)[0].float().cpu())  # type: ignore[arg-type]
+                out.append(model.embed(x, name)[0].float().cpu())
             vectors[name] = torch.stack(out)
         return (vectors["dxa"] @ vectors["mr"].T).double().numpy()
     dxa = [encode(model, img, "dxa", device=device) for img in dxa_images]

@@ -43,7 +43,7 @@ def angle_of(matrix: Array) -> float:
     return float(np.rad2deg(np.arctan2(matrix[1, 0] - matrix[0, 1], matrix[0, 0] + matrix[1, 1])))
 
 
-def apply(matrix: Array, points: npt.ArrayLike) -> Array:
+def apply(matrix: npt.NDArray[np.floating], points: npt.ArrayLike) -> Array:
     """Map ``(N, 2)`` points."""
     p = np.atleast_2d(np.asarray(points, dtype=float))
     return p @ matrix[:2, :2].T + matrix[:2, 2]

@@ -151,7 +151,9 @@ def dense_similarity(
     """
     values = correlation(dxa, mr, mr_mask).values
     if max_shift is not None:
-        rows, cols = centre_window(tuple(dxa.shape[-2:]), tuple(mr.shape[-2:]), max_shift)
+        rows, cols = centre_window(
+            (dxa.shape[-2], dxa.shape[-1]), (mr.shape[-2], mr.shape[-1]), max_shift
+        )
         values = values[..., rows, cols]
     if softness > 0:
         flat = values.flatten(-2)

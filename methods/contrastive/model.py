@@ -218,12 +218,11 @@ class DualEncoder(nn.Module):
     def __init__(self, config: ContrastiveConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoders = nn.ModuleDict({m: Encoder(config.channels(m), config) for m in MODALITIES})
+        encoders: dict[str, Encoder] = {m: Encoder(config.channels(m), config) for m in MODALITIES}
+        self.encoders = nn.ModuleDict(encoders)
         n = len(config.widths)
         for level in range(n - config.shared_levels, n):
-            _tie_convolutions(
-                self.encoders["dxa"].levels[level], self.encoders["mr"].levels[level]
-            )
+            _tie_convolutions(encoders["dxa"].levels[level], encoders["mr"].levels[level])
         width = config.widths[-1]
         if config.pooling == "dense":
             self.heads = nn.ModuleDict(

@@ -60,7 +60,7 @@ from mmreg.methods.contrastive.register import (
 from mmreg.methods.contrastive.train import PairImages, deterministic, read_pairs, split_subjects
 from mmreg.methods.registry import register_factory
 from mmreg.models import load_checkpoint, resolve_model, save_checkpoint
-from mmreg.training import BestEpoch
+from mmreg.training import SEED_PROTOCOL, digest, epoch_steps, fit_epochs, state_file
 
 __all__ = [
     "RefineMethod",
@@ -120,6 +120,7 @@ class Regressor(nn.Module):
         self.head = nn.Conv2d(c_in, 3, 1)
         # Start from "no correction, equal confidence".
         nn.init.zeros_(self.head.weight)
+        assert self.head.bias is not None  # Conv2d's bias=True
         nn.init.zeros_(self.head.bias)
 
     def forward(
@@ -387,6 +388,7 @@ def fit_refine(
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     references: Sequence[npt.NDArray[np.float64] | None] | None = None,
+    state_path: Path | None = None,
 ) -> tuple[Regressor, dict[str, Any]]:
     """Train the regressor to undo known perturbations of reference alignments.
 
@@ -400,12 +402,12 @@ def fit_refine(
         on_epoch: Called with each epoch's record.
         references: Per pair, a DXA->MR world map (3x3) to perturb around, e.g. the true
             transform of a phantom (None: leave that pair out).
+        state_path: Resumable training state (see :func:`mmreg.training.fit`; ``None``:
+            none is kept).
 
     Returns:
         The best-validation regressor (eval mode, CPU) and a training summary.
     """
-    from tqdm.auto import tqdm
-
     if len(pairs) < 2:
         raise InputError("refinement training needs at least 2 subjects")
     start = time.perf_counter()
@@ -415,28 +417,27 @@ def fit_refine(
         model, pairs, settings.reference, references, progress
     )
     kept = [k for k, r in enumerate(refs) if r is not None]
+    kept_refs = [r for r in refs if r is not None]
     if len(kept) < 2:
         raise InputError("fewer than 2 training pairs have a reference alignment")
     maps = _Batch.from_maps([dxa_maps[k] for k in kept], [mr_maps[k] for k in kept], device)
-    targets = torch.from_numpy(np.stack([refs[k] for k in kept])).float().to(device)
+    targets = torch.from_numpy(np.stack(kept_refs)).float().to(device)
     train_idx, val_idx = split_subjects(len(kept), settings.val_fraction, settings.seed)
     config = RegressorConfig(
         embed_dim=model.config.embed_dim, width=settings.width, depth=settings.depth
     )
-    with deterministic(settings.seed):
+    with deterministic(settings.seed) as generator:
         regressor = Regressor(config).to(device)
         optimiser = torch.optim.Adam(regressor.parameters(), lr=settings.learning_rate)
-        batch = min(settings.batch_size, len(train_idx))
-        steps_per_epoch = max(1, len(train_idx) // batch)
-        total = settings.epochs * steps_per_epoch
+        total = settings.epochs * epoch_steps(len(train_idx), settings.batch_size)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimiser, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
         )
-        generator = torch.Generator().manual_seed(settings.seed)
+        # Fixed validation perturbations (their own seed: the training stream is untouched),
+        # so epochs are compared on the same problems.
         val_gen = torch.Generator().manual_seed(settings.seed + 1)
         eval_sets = val_idx or train_idx
         val_batch = maps.subset(eval_sets)
-        # Fixed validation perturbations, so epochs are compared on the same problems.
         val_start = [
             _perturb(
                 targets[eval_sets],
@@ -447,52 +448,70 @@ def fit_refine(
             )
             for _ in range(4)
         ]
-        bar = tqdm(range(1, settings.epochs + 1), desc="contrastive-refine", disable=not progress)
-        best = BestEpoch(regressor, log=LOG, bar=bar, on_epoch=on_epoch, digits=2, started=start)
-        for epoch in bar:
-            regressor.train()
-            order = torch.randperm(len(train_idx), generator=generator).tolist()
-            losses = []
-            for step in range(steps_per_epoch):
-                idx = [train_idx[k] for k in order[step * batch : (step + 1) * batch]]
-                sub = maps.subset(idx)
-                start_est = _perturb(
-                    targets[idx], sub, settings.max_angle_deg, settings.max_shift_mm, generator
-                )
-                chain = refine_estimate(regressor, sub, start_est, settings.steps)
-                # Supervise every step (later steps weigh more): each must move towards the target.
-                loss = sum(
-                    (k / settings.steps) * _alignment_error(sub, est, targets[idx])
-                    for k, est in enumerate(chain[1:], start=1)
-                )
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[union-attr]
-                optimiser.step()
-                schedule.step()
-                losses.append(float(_alignment_error(sub, chain[-1], targets[idx]).detach()))
-            regressor.eval()
-            with torch.no_grad():
-                errors = [
-                    float(
-                        _alignment_error(
-                            val_batch,
-                            refine_estimate(regressor, val_batch, s, settings.steps)[-1],
-                            targets[eval_sets],
-                        )
+
+        def train_step(step: int, batch: list[int]) -> dict[str, float]:
+            idx = [train_idx[k] for k in batch]
+            sub = maps.subset(idx)
+            start_est = _perturb(
+                targets[idx], sub, settings.max_angle_deg, settings.max_shift_mm, generator
+            )
+            chain = refine_estimate(regressor, sub, start_est, settings.steps)
+            # Supervise every step (later steps weigh more): each must move towards the target.
+            loss = sum(
+                (k / settings.steps) * _alignment_error(sub, est, targets[idx])
+                for k, est in enumerate(chain[1:], start=1)
+            )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[union-attr]
+            optimiser.step()
+            return {"error_mm": float(_alignment_error(sub, chain[-1], targets[idx]).detach())}
+
+        def validate() -> dict[str, float]:
+            errors = [
+                float(
+                    _alignment_error(
+                        val_batch,
+                        refine_estimate(regressor, val_batch, s, settings.steps)[-1],
+                        targets[eval_sets],
                     )
-                    for s in val_start
-                ]
-                before = [
-                    float(_alignment_error(val_batch, s, targets[eval_sets])) for s in val_start
-                ]
-            record = {
-                "epoch": float(epoch),
-                "train_error_mm": float(np.mean(losses)),
+                )
+                for s in val_start
+            ]
+            before = [float(_alignment_error(val_batch, s, targets[eval_sets])) for s in val_start]
+            return {
                 "val_error_mm": float(np.mean(errors)),
                 "val_start_error_mm": float(np.mean(before)),
             }
-            best.end_epoch(record, -record["val_error_mm"])
+
+        subjects = [pairs[k].subject for k in kept]
+        best = fit_epochs(
+            regressor,
+            optimiser,
+            train_step,
+            validate,
+            epochs=settings.epochs,
+            items=len(train_idx),
+            batch_size=settings.batch_size,
+            generator=generator,
+            score=lambda record: -record["val_error_mm"],
+            scheduler=schedule,
+            progress=progress,
+            state_path=state_path,
+            fingerprint={
+                "settings": asdict(settings),
+                "encoder": digest(model.state_dict()),
+                "reference": "given" if references is not None else settings.reference,
+                "targets": digest(targets),
+                "subjects": subjects,
+                "val": [subjects[i] for i in val_idx],
+                "device": device,
+            },
+            log=LOG,
+            desc="contrastive-refine",
+            on_epoch=on_epoch,
+        )
     best.restore()
+    best.started = start  # the wall time includes the reference alignments
     summary = best.summary(
         device=device,
         settings=settings,
@@ -502,6 +521,8 @@ def fit_refine(
         n_train=len(train_idx),
         n_val=len(val_idx),
         best_val_error_mm=-best.score,
+        seed=settings.seed,
+        seed_protocol=SEED_PROTOCOL,
     )
     return regressor, summary
 
@@ -535,6 +556,9 @@ def train_refine(
 ) -> Path:
     """``mmreg train contrastive-refine``: align by salient points, learn the correction.
 
+    A resumable state is kept next to ``out`` while training
+    (:func:`mmreg.training.state_file`; removed once the checkpoint exists).
+
     Args:
         pairs: ``mmreg train`` pair records.
         out: The ``.pt`` file to write (with a ``.sha256`` sidecar).
@@ -547,8 +571,12 @@ def train_refine(
     """
     model, checkpoint = load_model(settings.encoder or None, family="contrastive")
     images = read_pairs(pairs, fixed_modality=settings.fixed_modality)
-    regressor, summary = fit_refine(model, images, settings, device=device, progress=progress)
+    state = state_file(out)
+    regressor, summary = fit_refine(
+        model, images, settings, device=device, progress=progress, state_path=state
+    )
     save_refine(Path(out), model, regressor, summary, checkpoint.sha256)
+    state.unlink(missing_ok=True)
     return Path(out)
 
 
@@ -586,11 +614,12 @@ class RefineMethod(ContrastiveMethod):
     """``contrastive-refine``: salient-point alignment, then ``steps`` learned corrections."""
 
     family = "contrastive-refine"
+    settings: RefineSettings
 
     def __init__(
         self, *, model: str | Path | None = None, params: dict[str, str] | None = None
     ) -> None:
-        self.name = "contrastive-refine"  # type: ignore[misc]
+        self.name = "contrastive-refine"
         self.model_path = model
         self.settings = parse_settings(RefineSettings, params)
 

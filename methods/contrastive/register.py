@@ -445,7 +445,7 @@ def _window(
     src_cells: npt.NDArray[np.int_],
     tgt: FeatureMap,
     tgt_cells: npt.NDArray[np.int_],
-    guide: Matrix3,
+    guide: npt.NDArray[np.floating],
     radius_mm: float,
 ) -> npt.NDArray[np.bool_]:
     """``(S, T)``: target cells within ``radius_mm`` of where ``guide`` puts each source cell."""
@@ -703,7 +703,7 @@ def pull_back(
     return ChannelImage(np.stack(channels), fixed.affine)
 
 
-def to_transform(matrix3: Matrix3, ndim: int) -> Transform:
+def to_transform(matrix3: npt.NDArray[np.floating], ndim: int) -> Transform:
     """A 2D rigid 3x3 (x, y) map as a Transform of the images' dimensionality (z unchanged)."""
     m = np.eye(4)
     m[np.ix_([0, 1], [0, 1])] = matrix3[:2, :2]
@@ -731,7 +731,7 @@ class ContrastiveMethod(BaseMethod):
     ) -> None:
         if name not in ("contrastive-dense", "contrastive-salient"):
             raise ValueError(f"unknown contrastive method {name!r}")
-        self.name = name  # type: ignore[misc]
+        self.name = name
         self.model_path = model
         self.settings: ContrastiveSettings = parse_settings(ContrastiveSettings, params)
 
@@ -766,6 +766,7 @@ class ContrastiveMethod(BaseMethod):
         dxa, mr = (fixed_c, moving_c) if fixed_is == "dxa" else (moving_c, fixed_c)
         est = self.estimate(model, dxa, mr, seed, device)
         dxa_to_mr = est.matrix
+        estimate: npt.NDArray[np.floating]
         if fixed_is == "dxa":
             estimate, fixed_pts, moving_pts = dxa_to_mr, est.dxa_points, est.mr_points
         else:

@@ -7,10 +7,11 @@ vectors), and the symmetric InfoNCE loss (temperature 0.01) pulls each subject's
 scans together and pushes the other subjects' apart. No alignment and no labels are
 needed: the subject identity is the only supervision.
 
-A fraction of the subjects is held out; after each epoch their full similarity matrix
-gives the validation InfoNCE and recall@1, and the epoch with the best validation
-(highest recall@1, then lowest loss) is saved. On the CPU, with a seed, training is
-deterministic.
+A fraction of the subjects is held out (:func:`mmreg.training.split_items`, at least two
+on each side); after each epoch their full similarity matrix gives the validation InfoNCE
+and recall@1, and the epoch with the best validation (highest recall@1, then lowest loss)
+is saved. The loop, seeding and resumable state are the shared engine's
+(:func:`mmreg.training.fit_epochs`); on the CPU, with a seed, training is deterministic.
 
 Example (tiny, from in-memory images):
     >>> from mmreg.methods.contrastive.data import ChannelImage
@@ -32,7 +33,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,14 @@ from mmreg.methods.contrastive.features import canvas, check_channels, prepare
 from mmreg.methods.contrastive.losses import dense_similarity, global_similarity, info_nce
 from mmreg.methods.contrastive.model import ContrastiveConfig, DualEncoder, cell_mask
 from mmreg.models import save_checkpoint
-from mmreg.training import BestEpoch
+from mmreg.training import (
+    SEED_PROTOCOL,
+    epoch_steps,
+    fit_epochs,
+    seed_everything,
+    split_items,
+    state_file,
+)
 
 __all__ = [
     "ContrastiveTrainSettings",
@@ -188,12 +196,11 @@ class ContrastiveTrainSettings:
 def _load_record(record: Mapping[str, Any]) -> tuple[ChannelImage, ChannelImage]:
     """Both images of a pair record as the participant level sees them: a 3D MR becomes
     its mid-coronal slice, and Dixon/DXA channel siblings come along."""
-    import nibabel as nib
-
+    from mmreg.imaging.image import load_spatial
     from mmreg.pipeline import load_pair
 
     paths = [str(record["fixed"]), str(record["moving"])]
-    shapes = [nib.load(p).shape for p in paths]
+    shapes = [load_spatial(p).shape for p in paths]
     if not any(len(s) == 3 and s[2] > MAX_CHANNELS for s in shapes):
         # Both 2D (or channels-last files): read as they are, with their siblings.
         from mmreg.imaging.planar import channel_siblings
@@ -237,17 +244,15 @@ def read_pairs(
 
 
 def split_subjects(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic train/validation index split (at least 2 each when asked for).
+    """Train/validation split of ``n`` subjects' positions: :func:`mmreg.training.split_items`
+    with at least 2 on each side (recall@1 of one subject, and InfoNCE without negatives,
+    mean nothing); fewer than 4 subjects are all for training.
 
     Example:
         >>> split_subjects(10, 0.2, 0)[1].__len__()
         2
     """
-    order = np.random.default_rng(seed).permutation(n).tolist()
-    n_val = 0 if val_fraction <= 0 else max(2, round(val_fraction * n))
-    if n - n_val < 2:
-        n_val = 0
-    return sorted(order[n_val:]), sorted(order[:n_val])
+    return split_items(range(n), val_fraction, seed, min_each=2)
 
 
 @dataclass
@@ -267,8 +272,8 @@ def _canvases(pairs: Sequence[PairImages], config: ContrastiveConfig) -> _Canvas
     shape_m = tuple(np.max([covering_shape(p.mr, s, multiple=k) for p in pairs], axis=0))
     arrays: dict[str, list[npt.NDArray[np.float32]]] = {"d": [], "dm": [], "m": [], "mm": []}
     for p in pairs:
-        d, dm, _ = canvas(prepare(p.dxa), s, shape_d)  # type: ignore[arg-type]
-        m, mm, _ = canvas(prepare(p.mr), s, shape_m)  # type: ignore[arg-type]
+        d, dm, _ = canvas(prepare(p.dxa), s, shape_d)
+        m, mm, _ = canvas(prepare(p.mr), s, shape_m)
         arrays["d"].append(d)
         arrays["dm"].append(dm)
         arrays["m"].append(m)
@@ -311,13 +316,14 @@ def batch_similarity(
 
 
 @contextmanager
-def deterministic(seed: int) -> Iterator[None]:
-    """Seed torch and ask for deterministic kernels for the duration of the block."""
+def deterministic(seed: int) -> Iterator[torch.Generator]:
+    """Seed (:func:`mmreg.training.seed_everything`) and ask for deterministic kernels for
+    the duration of the block; yields the sampling generator."""
     previous = torch.are_deterministic_algorithms_enabled()
-    torch.manual_seed(seed)
+    generator = seed_everything(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        yield
+        yield generator
     finally:
         torch.use_deterministic_algorithms(previous)
 
@@ -374,6 +380,13 @@ def _evaluate(
     return {"val_loss": float(loss), "val_recall_at_1": float(recall)}
 
 
+def _score(record: Mapping[str, float]) -> tuple[float, float]:
+    """Highest validation recall@1, then lowest loss (without held-out subjects: training loss)."""
+    if "val_recall_at_1" in record:
+        return record["val_recall_at_1"], -record["val_loss"]
+    return 0.0, -record["train_loss"]
+
+
 def fit_contrastive(
     pairs: Sequence[PairImages],
     settings: ContrastiveTrainSettings,
@@ -381,6 +394,7 @@ def fit_contrastive(
     device: str = "cpu",
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    state_path: Path | None = None,
 ) -> tuple[DualEncoder, dict[str, Any]]:
     """Train a dual encoder on in-memory pairs; return the best-validation model and a summary.
 
@@ -388,20 +402,20 @@ def fit_contrastive(
         pairs: One :class:`PairImages` per subject (at least 2 for training).
         settings: Hyperparameters.
         device: ``cpu`` or ``cuda``.
-        progress: Show a tqdm bar over epochs.
+        progress: Show a progress bar.
         on_epoch: Called with each epoch's record (loss, validation metrics).
+        state_path: Resumable training state (see :func:`mmreg.training.fit`; ``None``:
+            none is kept).
 
     Returns:
-        The model (eval mode, on the CPU) and a summary: sizes, best epoch, history.
+        The model (eval mode, on the CPU) and a summary: sizes, best epoch, history, seed.
     """
-    from tqdm.auto import tqdm
-
     if len(pairs) < 2:
         raise InputError("contrastive training needs at least 2 subjects")
     config = settings.model_config(pairs[0].dxa.channels, pairs[0].mr.channels)
     train_idx, val_idx = split_subjects(len(pairs), settings.val_fraction, settings.seed)
     start = time.perf_counter()
-    with deterministic(settings.seed):
+    with deterministic(settings.seed) as generator:
         model = DualEncoder(config)
         if settings.init:
             _start_from(model, settings.init)
@@ -413,49 +427,62 @@ def fit_contrastive(
         optimiser = torch.optim.AdamW(
             model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
         )
-        batch = min(settings.batch_size, len(train_idx))
-        steps_per_epoch = max(1, len(train_idx) // batch)
-        total = settings.epochs * steps_per_epoch
+        total = settings.epochs * epoch_steps(len(train_idx), settings.batch_size)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimiser, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
         )
-        generator = torch.Generator().manual_seed(settings.seed)
-        bar = tqdm(range(1, settings.epochs + 1), desc="contrastive", disable=not progress)
-        best = BestEpoch(model, log=LOG, bar=bar, on_epoch=on_epoch, started=start)
-        for epoch in bar:
-            model.train()
-            order = torch.randperm(len(train_idx), generator=generator).tolist()
-            losses = []
-            for step in range(steps_per_epoch):
-                idx = [train_idx[k] for k in order[step * batch : (step + 1) * batch]]
-                dxa, dxa_mask = augment(
-                    data.dxa[idx], data.dxa_mask[idx], settings.augmentation, generator
-                )
-                mr, mr_mask = augment(
-                    data.mr[idx], data.mr_mask[idx], settings.augmentation, generator
-                )
-                sim = batch_similarity(
-                    model,
-                    dxa.to(device),
-                    dxa_mask.to(device),
-                    mr.to(device),
-                    mr_mask.to(device),
-                    softness=settings.softness * (1.0 - schedule.last_epoch / total),
-                )
-                loss = info_nce(sim, temperature=config.temperature)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-                losses.append(float(loss.detach()))
-            record = {"epoch": float(epoch), "train_loss": float(np.mean(losses))}
-            if val_idx:
-                record.update(_evaluate(model, data, val_idx, device))
-                score = (record["val_recall_at_1"], -record["val_loss"])
-            else:
-                score = (0.0, -record["train_loss"])
-            best.end_epoch(record, score)
+
+        def train_step(step: int, batch: list[int]) -> dict[str, float]:
+            idx = [train_idx[k] for k in batch]
+            dxa, dxa_mask = augment(
+                data.dxa[idx], data.dxa_mask[idx], settings.augmentation, generator
+            )
+            mr, mr_mask = augment(
+                data.mr[idx], data.mr_mask[idx], settings.augmentation, generator
+            )
+            sim = batch_similarity(
+                model,
+                dxa.to(device),
+                dxa_mask.to(device),
+                mr.to(device),
+                mr_mask.to(device),
+                softness=settings.softness * (1.0 - (step - 1) / total),
+            )
+            loss = info_nce(sim, temperature=config.temperature)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            return {"loss": float(loss.detach())}
+
+        def validate() -> dict[str, float]:
+            return _evaluate(model, data, val_idx, device) if val_idx else {}
+
+        subjects = [p.subject for p in pairs]
+        best = fit_epochs(
+            model,
+            optimiser,
+            train_step,
+            validate,
+            epochs=settings.epochs,
+            items=len(train_idx),
+            batch_size=settings.batch_size,
+            generator=generator,
+            score=_score,
+            scheduler=schedule,
+            progress=progress,
+            state_path=state_path,
+            fingerprint={
+                "settings": asdict(settings),
+                "subjects": subjects,
+                "val": [subjects[i] for i in val_idx],
+                "device": device,
+            },
+            log=LOG,
+            desc="contrastive",
+            on_epoch=on_epoch,
+        )
     best.restore()
+    best.started = start  # the wall time includes the canvases
     summary = best.summary(
         device=device,
         settings=settings,
@@ -463,6 +490,8 @@ def fit_contrastive(
         n_train=len(train_idx),
         n_val=len(val_idx),
         val_subjects=[pairs[i].subject for i in val_idx],
+        seed=settings.seed,
+        seed_protocol=SEED_PROTOCOL,
     )
     return model, summary
 
@@ -477,6 +506,9 @@ def train_contrastive(
 ) -> Path:
     """``mmreg train contrastive``: train on BIDS pair records and write the checkpoint.
 
+    A resumable state is kept next to ``out`` while training
+    (:func:`mmreg.training.state_file`; removed once the checkpoint exists).
+
     Args:
         pairs: ``mmreg train`` pair records (``subject``, ``fixed``, ``moving`` paths...).
         out: The ``.pt`` file to write (with a ``.sha256`` sidecar).
@@ -488,8 +520,12 @@ def train_contrastive(
         ``out``.
     """
     images = read_pairs(pairs, fixed_modality=settings.fixed_modality)
-    model, summary = fit_contrastive(images, settings, device=device, progress=progress)
+    state = state_file(out)
+    model, summary = fit_contrastive(
+        images, settings, device=device, progress=progress, state_path=state
+    )
     save_contrastive(out, model, summary)
+    state.unlink(missing_ok=True)
     return Path(out)
 
 

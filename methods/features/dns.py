@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ class DNSConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DNSConfig:
+    def from_dict(cls, values: Mapping[str, Any]) -> DNSConfig:
         known = {k: values[k] for k in ("channels", "features", "in_channels", "spatial_dims")}
         known["channels"] = tuple(known["channels"])
         return cls(**known)
@@ -110,6 +111,8 @@ class DNSConfig:
 
 class BlurPool(nn.Module):
     """Anti-aliased stride-2 downsampling: [1,2,1]^3 / 64 blur, then every second voxel."""
+
+    kernel: torch.Tensor  # a registered buffer
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -185,7 +188,7 @@ class DNSNet(nn.Module):
             nn.Conv3d(SQUEEZE, config.features, 1),
         )
         # Channels-last convolutions are several times faster on CPUs (backward above all).
-        self.to(memory_format=torch.channels_last_3d)
+        self.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # torch stubs lack to(memory_format=)
 
     def unet(self, x: torch.Tensor) -> torch.Tensor:
         """The finest decoder level's ``channels[0]`` maps (input already padded)."""
@@ -204,11 +207,13 @@ class DNSNet(nn.Module):
 
     def _pointwise(self, dns: torch.Tensor) -> torch.Tensor:
         """Squeeze and head on ``(N, C * 24)`` descriptors -> ``(N, features)``."""
+        first, last = self.head[0], self.head[2]
+        assert isinstance(first, nn.Conv3d) and isinstance(last, nn.Conv3d)
         w1 = self.squeeze.weight.flatten(1)
         h = F.leaky_relu(F.linear(dns, w1, self.squeeze.bias), 0.2)
-        h = F.linear(h, self.head[0].weight.flatten(1), self.head[0].bias)
+        h = F.linear(h, first.weight.flatten(1), first.bias)
         h = F.leaky_relu(h, 0.2)
-        return F.linear(h, self.head[2].weight.flatten(1), self.head[2].bias)
+        return F.linear(h, last.weight.flatten(1), last.bias)
 
     def features_at(self, x: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Output features at some voxels only (what training needs; same values as forward).

@@ -456,6 +456,7 @@ def multilevel_adam(
         for _ in range(level.iterations):
             optimiser.zero_grad()
             if dense:
+                assert all_pos is not None
                 pos, target = all_pos, flat_f
             else:
                 # Whole voxels: the fixed features are read, not interpolated.

@@ -42,7 +42,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -268,27 +268,41 @@ def pca_reduce(
     return project(fixed), project(moving)
 
 
+class GuardedSettings(Protocol):
+    """What :class:`FeatureIOMethod` reads from any settings (a subclass's own included)."""
+
+    @property
+    def opt(self) -> str:
+        """The optimiser's name, for the extras."""
+        ...
+
+    @property
+    def max_folding(self) -> float:
+        """Percent of folding voxels the guard allows."""
+        ...
+
+
 class FeatureIOMethod(BaseMethod):
     """Instance optimisation on feature maps; ``extractor`` maps ``(1, 1, *sp)`` to
     ``(1, C, *sp)`` (see the module docstring).
 
     ``moving_extractor`` (default: ``extractor``) describes the moving image, for
     features learned per modality (``suits``). Subclasses may replace :meth:`_optimise`;
-    their settings need ``opt`` and ``max_folding``.
+    their settings need ``opt`` and ``max_folding`` (:class:`GuardedSettings`).
     """
 
-    deformable: ClassVar[bool] = True
+    deformable = True
 
     def __init__(
         self,
         name: str,
         extractor: Extractor,
-        settings: FeatureIOSettings,
+        settings: GuardedSettings,
         reduce: Reducer | None = None,
         *,
         moving_extractor: Extractor | None = None,
     ) -> None:
-        self.name = name  # type: ignore[misc]  # instance name (two methods share the class)
+        self.name = name  # instance name (two methods share the class)
         self.extractor = extractor
         self.moving_extractor = moving_extractor or extractor
         self.settings = settings
@@ -331,6 +345,7 @@ class FeatureIOMethod(BaseMethod):
 
     def _optimise(self, feat_f: torch.Tensor, feat_m: torch.Tensor, seed: int) -> torch.Tensor:
         s = self.settings
+        assert isinstance(s, FeatureIOSettings)  # other settings come with their own _optimise
         multilevel = dataclasses.replace(s.multilevel(), seed=seed)
         if s.opt == "mok":
             return multilevel_adam(feat_f, feat_m, multilevel)

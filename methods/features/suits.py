@@ -638,7 +638,7 @@ class SUITSSettings:
 class SUITSMethod(FeatureIOMethod):
     """:class:`FeatureIOMethod` whose optimiser is the SUITS descent (:func:`suits_field`)."""
 
-    settings: SUITSSettings  # type: ignore[assignment]
+    settings: SUITSSettings
 
     def _optimise(self, feat_f: torch.Tensor, feat_m: torch.Tensor, seed: int) -> torch.Tensor:
         # Deterministic: no sampling, so the seed is not needed.

@@ -515,9 +515,9 @@ class SUITSTrainer:
             losses.append(float(loss.detach()))
             baselines.append(float(baseline))
         self.optimiser.step()
-        loss = float(np.mean(losses)) if losses else 0.0
-        base = float(np.mean(baselines)) if baselines else 0.0
-        return {"loss": loss, "rel": loss / base if base > 0 else 0.0}
+        mean_loss = float(np.mean(losses)) if losses else 0.0
+        mean_base = float(np.mean(baselines)) if baselines else 0.0
+        return {"loss": mean_loss, "rel": mean_loss / mean_base if mean_base > 0 else 0.0}
 
     @torch.no_grad()
     def evaluate(self, pairs: Sequence[PairSource]) -> dict[str, float]:
@@ -555,11 +555,11 @@ class SUITSTrainer:
             start = dice_scores(fixed_labels, moving_labels)
             dice.append(float(np.mean(list(after.values()))) if after else 0.0)
             before.append(float(np.mean(list(start.values()))) if start else 0.0)
-        loss = float(np.mean(losses)) if losses else 0.0
-        base = float(np.mean(baselines)) if baselines else 0.0
+        mean_loss = float(np.mean(losses)) if losses else 0.0
+        mean_base = float(np.mean(baselines)) if baselines else 0.0
         return {
-            "val_loss": loss,
-            "val_rel": loss / base if base > 0 else 0.0,
+            "val_loss": mean_loss,
+            "val_rel": mean_loss / mean_base if mean_base > 0 else 0.0,
             "dice_before": float(np.mean(before)) if before else 0.0,
             "score": float(np.mean(dice)) if dice else 0.0,
         }

@@ -395,8 +395,9 @@ def intensity_augment(
     if rng.random() < settings.blur_prob:
         x = _blur(x, float(rng.uniform(0.3, 1.0)))
     if settings.noise > 0:
-        gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**31)))
-        noise = torch.randn(shape, generator=gen).to(x.device)
+        # From the view's own stream (no second seeded generator): a view stays a
+        # function of its rng alone, as the training's (seed, step) views need.
+        noise = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(x.device)
         x = (x + noise * float(rng.uniform(0.0, settings.noise))).clamp_min(0.0)
     if rng.random() < settings.crop_prob:
         x = _crop(x, rng)

@@ -210,8 +210,8 @@ class KeyMorphMethod(BaseMethod):
         if kind not in KINDS:
             raise ValueError(f"unknown KeyMorph kind {kind!r}")
         self.kind = kind
-        self.name = KINDS[kind]  # type: ignore[misc]
-        self.deformable = kind == "tps"  # type: ignore[misc]
+        self.name = KINDS[kind]
+        self.deformable = kind == "tps"
         self.model_path = model
         self.options = options or KeyMorphOptions()
 

@@ -204,16 +204,19 @@ class SegGuidedNets(nn.Module):
         self.seg_target = _unet(d, 1, k, config.seg_channels, 2)
         self.gen_st = ResnetGenerator(d, config.gen_channels, config.gen_blocks)
         self.gen_ts = ResnetGenerator(d, config.gen_channels, config.gen_blocks)
-        disc = {
-            "spatial_dims": d,
-            "num_layers_d": 3,
-            "channels": config.disc_channels,
-            "in_channels": 1,
-            "out_channels": 1,
-            "norm": "INSTANCE",
-        }
-        self.disc_source = PatchDiscriminator(**disc)
-        self.disc_target = PatchDiscriminator(**disc)
+
+        def disc() -> PatchDiscriminator:
+            return PatchDiscriminator(
+                spatial_dims=d,
+                num_layers_d=3,
+                channels=config.disc_channels,
+                in_channels=1,
+                out_channels=1,
+                norm="INSTANCE",
+            )
+
+        self.disc_source = disc()
+        self.disc_target = disc()
         self.reg = _unet(d, 2 * k, d, config.reg_channels, 0)
         # Start from (almost) the identity: a small last layer.
         convs = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)

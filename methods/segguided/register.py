@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,8 +117,10 @@ def _refine(
 class SegGuidedMethod(BaseMethod):
     """See the module docstring."""
 
-    name: ClassVar[str] = "segguided"
-    deformable: ClassVar[bool] = True
+    name = "segguided"
+    deformable = True
+    #: Segmentations of the last :meth:`register` call, by side (``fixed``, ``moving``).
+    label_maps: dict[str, Image]
 
     def __init__(self, nets: SegGuidedNets, settings: SegGuidedSettings) -> None:
         self.nets = nets
@@ -188,7 +190,7 @@ class SegGuidedMethod(BaseMethod):
         return field_to_transform(u, grid).then(start), extras
 
     def register(self, fixed: Image, moving: Image, **kwargs: Any) -> RegistrationResult:
-        self.label_maps: dict[str, Image] = {}
+        self.label_maps = {}
         result = super().register(fixed, moving, **kwargs)
         result.label_maps = dict(self.label_maps)
         return result

@@ -779,15 +779,40 @@ def train_segguided(
         else:
             redo = True
             generator = seed_everything(settings.seed + number)
-            kwargs = {"out": out, "fingerprint": fingerprint, "generator": generator}
             if number == 1:
                 saved = stage_augment(data, settings, progress)
             elif number == 2:
-                saved = stage_source(nets, samples, data, settings, progress=progress, **kwargs)
+                saved = stage_source(
+                    nets,
+                    samples,
+                    data,
+                    settings,
+                    out=out,
+                    fingerprint=fingerprint,
+                    generator=generator,
+                    progress=progress,
+                )
             elif number == 3:
-                saved = stage_adapt(nets, samples, data, settings, progress=progress, **kwargs)
+                saved = stage_adapt(
+                    nets,
+                    samples,
+                    data,
+                    settings,
+                    out=out,
+                    fingerprint=fingerprint,
+                    generator=generator,
+                    progress=progress,
+                )
             else:
-                saved = stage_register(nets, data, settings, progress=progress, **kwargs)
+                saved = stage_register(
+                    nets,
+                    data,
+                    settings,
+                    out=out,
+                    fingerprint=fingerprint,
+                    generator=generator,
+                    progress=progress,
+                )
             saved["wall_time_s"] = round(time.perf_counter() - began, 1)
             _save_stage(path, fingerprint, saved)
         if number == 1:

@@ -59,14 +59,14 @@ except ImportError as exc:  # nipype is an optional extra
     ) from exc
 
 from mmreg.errors import MmregError, UsageError
-from mmreg.imaging.preprocess import DEFAULT_PREALIGN, PREALIGN_MODES
+from mmreg.imaging.preprocess import DEFAULT_PREALIGN, DEFAULT_SPACING, PREALIGN_MODES
 from mmreg.methods import model_families, parse_methods
-from mmreg.single import DEFAULT_SPACING, apply_transform_file, register_files
+from mmreg.runtime import DEVICES
+from mmreg.single import apply_transform_file, register_files
 
 __all__ = ["ApplyTransform", "Register"]
 
 #: ``device`` choices, as ``mmreg register --device``.
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class MethodSpec(traits.BaseStr):

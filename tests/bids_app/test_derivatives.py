@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -11,28 +12,32 @@ import pandas as pd
 from mmreg.bids_app import derivatives
 from mmreg.imaging.image import Image, save_image
 from mmreg.imaging.transform import Transform
+from mmreg.records import PairRecord, ResultRow
 
 
-def _row(tmp_path, extras):
+def _row(tmp_path, extras, **changes):
     warped = save_image(Image(np.ones((4, 4, 4), np.float32), np.eye(4)), tmp_path / "w.nii.gz")
     xfm = Transform.identity().write(tmp_path / "x.txt")
-    return {
-        "method": "keymorph-affine+ants-affine",
-        "status": "ok",
-        "_warped": str(warped),
-        "_transform": str(xfm),
-        "extras": extras,
-    }
+    row = ResultRow(
+        PAIR.pair_id,
+        "keymorph-affine+ants-affine",
+        "ok",
+        warped=str(warped),
+        transform=str(xfm),
+        extras=extras,
+    )
+    return replace(row, **changes)
 
 
-PAIR = {
-    "subject": "01",
-    "session": None,
-    "fixed": "/data/sub-01/anat/sub-01_T1w.nii.gz",
-    "moving": "/data/sub-01/anat/sub-01_T2w.nii.gz",
-    "fixed_label": "T1w",
-    "moving_label": "T2w",
-}
+PAIR = PairRecord(
+    subject="01",
+    session=None,
+    fixed="/data/sub-01/anat/sub-01_T1w.nii.gz",
+    moving="/data/sub-01/anat/sub-01_T2w.nii.gz",
+    fixed_label="T1w",
+    moving_label="T2w",
+    pair_id="sub-01_from-T2w_to-T1w",
+)
 
 
 def test_keypoints_of_a_chain_step_are_written_in_both_spaces(tmp_path):
@@ -69,12 +74,12 @@ def test_no_keypoints_no_table(tmp_path):
 
 
 def test_midcoronal_slice_is_written_once_per_channel(tmp_path):
-    pair = {
-        **PAIR,
-        "fixed": "/data/sub-01/anat/sub-01_rec-bone_DXA.nii.gz",
-        "moving": "/data/sub-01/anat/sub-01_acq-dixon_rec-fat_T1w.nii.gz",
-        "fixed_label": "DXA",
-    }
+    pair = replace(
+        PAIR,
+        fixed="/data/sub-01/anat/sub-01_rec-bone_DXA.nii.gz",
+        moving="/data/sub-01/anat/sub-01_acq-dixon_rec-fat_T1w.nii.gz",
+        fixed_label="DXA",
+    )
     fat = save_image(Image(np.ones((5, 7), np.float32), np.eye(4)), tmp_path / "m0.nii.gz")
     water = save_image(Image(np.zeros((5, 7), np.float32), np.eye(4)), tmp_path / "m1.nii.gz")
     surface = tmp_path / "path.json"
@@ -82,13 +87,13 @@ def test_midcoronal_slice_is_written_once_per_channel(tmp_path):
     record = {
         "side": "moving",
         "channels": [
-            {"source": pair["moving"], "file": str(fat)},
-            {"source": pair["moving"].replace("fat", "water"), "file": str(water)},
+            {"source": pair.moving, "file": str(fat)},
+            {"source": pair.moving.replace("fat", "water"), "file": str(water)},
         ],
         "path": str(surface),
     }
     out = tmp_path / "out"
-    row = {**_row(tmp_path, {}), "_midcoronal": record}
+    row = _row(tmp_path, {}, midcoronal=record)
     derivatives.write_pair_outputs(out, pair, row)
     anat = out / "sub-01" / "anat"
     written = anat / "sub-01_acq-dixon_rec-water_desc-midcoronal_T1w.nii.gz"
@@ -102,8 +107,8 @@ def test_midcoronal_slice_is_written_once_per_channel(tmp_path):
     assert len(meta["Sources"]) == 2
     # A later row with a changed slice (the raw image was fixed) replaces it: never stale.
     save_image(Image(np.full((5, 7), 2.0, np.float32), np.eye(4)), tmp_path / "m1.nii.gz")
-    derivatives.write_pair_outputs(out, pair, {**row, "method": "sitk-rigid"})
+    derivatives.write_pair_outputs(out, pair, replace(row, method="sitk-rigid"))
     assert float(nib.load(written).get_fdata().max()) == 2.0
     # A failed row writes nothing.
-    derivatives.write_pair_outputs(tmp_path / "other", pair, {**row, "status": "failed"})
+    derivatives.write_pair_outputs(tmp_path / "other", pair, replace(row, status="failed"))
     assert not (tmp_path / "other").exists()

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmreg.bids_app.demo_wholebody import write_wholebody_dataset
 from mmreg.errors import InputError
 from mmreg.imaging.groundtruth import load_ground_truth
+from mmreg.imaging.phantoms.wholebody_dataset import write_wholebody_dataset
 from mmreg.imaging.planar import dixon_channels
 from mmreg.imaging.preprocess import PreprocessOptions
 from mmreg.imaging.transform import Transform

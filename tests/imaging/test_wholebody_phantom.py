@@ -259,13 +259,13 @@ def test_generation_takes_under_a_second_of_cpu() -> None:
 
 
 def test_slice_resampling_is_linear_interpolation() -> None:
-    from mmreg.imaging.phantoms.wholebody import _upsample_z
+    from mmreg.imaging.phantoms.wholebody.mr import upsample_z
 
     rng = np.random.default_rng(0)
     acquired = rng.random((3, 4, 9)).astype(np.float32)
     for factor in (1, 2, 3):
         n = 8 * factor + 1
-        out = _upsample_z(acquired, factor, n)
+        out = upsample_z(acquired, factor, n)
         z = np.arange(n) / factor
         want = np.interp(z, np.arange(9), acquired[1, 2])
         np.testing.assert_allclose(out[1, 2], want, atol=1e-6)

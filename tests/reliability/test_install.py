@@ -23,6 +23,7 @@ TASK_MODULES = (
     "mmreg.tasks.register",
     "mmreg.tasks.evaluate",
     "mmreg.tasks.slice",
+    "mmreg.tasks.sink",
     "mmreg.workflows.participant",
 )
 

@@ -28,7 +28,6 @@ import torch
 from mmreg import models
 from mmreg.bids_app import cli
 from mmreg.bids_app.config import Config
-from mmreg.bids_app.group import aggregate, run_group_level, summarise
 from mmreg.bids_app.query import (
     MissingPair,
     Pair,
@@ -37,6 +36,7 @@ from mmreg.bids_app.query import (
     normalize_participant_labels,
 )
 from mmreg.errors import InputError, UsageError
+from mmreg.reports.group import aggregate, run_group_level, summarise
 
 SUBJECTS = ("01", "02", "03")
 

@@ -77,3 +77,36 @@ def test_training_learns_and_is_deterministic():
 def test_bad_settings(kwargs):
     with pytest.raises(ValueError):
         SegmenterTrainSettings(**kwargs)
+
+
+def test_an_interrupted_training_resumes_from_its_state_file(tmp_path, monkeypatch):
+    import mmreg.segmentation.train as seg_train
+
+    images, labels = _squares(8, seed=0)
+    settings = SegmenterTrainSettings(epochs=4, width=4, depth=2, batch_size=4, seed=3)
+    full = train_segmenter(images, labels, n_classes=2, settings=settings, progress=False)
+    state = tmp_path / "unet.pt.state"
+    calls = []
+
+    def predict_until_epoch_3(model, image, *, device="cpu"):
+        calls.append(1)
+        if len(calls) > 2 * 2:  # two validation items per epoch
+            raise KeyboardInterrupt
+        return predict(model, image, device=device)
+
+    monkeypatch.setattr(seg_train, "predict", predict_until_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_segmenter(
+            images, labels, n_classes=2, settings=settings, progress=False, state_path=state
+        )
+    monkeypatch.undo()
+    assert state.is_file()
+    resumed = train_segmenter(
+        images, labels, n_classes=2, settings=settings, progress=False, state_path=state
+    )
+    assert resumed.history == full.history
+    assert resumed.best_epoch == full.best_epoch
+    for (name, a), b in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name

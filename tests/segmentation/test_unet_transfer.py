@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mmreg.bids_app import train as train_cli
-from mmreg.bids_app.demo_wholebody import write_wholebody_dataset
 from mmreg.errors import InputError, UsageError
 from mmreg.imaging.image import Grid, Image, save_image
 from mmreg.imaging.phantoms.wholebody import WholeBodySettings
+from mmreg.imaging.phantoms.wholebody_dataset import write_wholebody_dataset
 from mmreg.imaging.transform import Transform
 from mmreg.segmentation import unet_transfer as ut
 from mmreg.segmentation.evaluate import evaluate_subjects, summarise, write_rows
@@ -164,6 +164,8 @@ def test_training_writes_a_safe_checkpoint_and_skips_a_failing_subject(records, 
         "04",
     ]
     assert len(training["val_subjects"]) == 1 and len(training["history"]) == 1
+    assert training["seed"] == 1 and training["seed_protocol"].startswith("mmreg-seed-")
+    assert not (tmp_path / "unet.pt.state").exists()  # the resumable state is gone
     assert meta["label_names"] == {"0": "background", "1": "spine", "2": "pelvis"}
     # Identity transfer of identical labels: the transferred labels are the truth.
     assert training["val_truth"]["transferred_dice"]["mean"] == 1.0

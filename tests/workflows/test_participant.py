@@ -84,6 +84,7 @@ def test_rows_per_subject_pair_and_method(tmp_path):
     rows = wf(worker="debug", cache_root=tmp_path / "cache").rows
 
     assert [len(r) for r in rows] == [4, 2]
+    assert [r["pair_id"] for r in rows[0]] == ["pair-0", "pair-0", "pair-1", "pair-1"]
     statuses = [(r["method"], r["status"]) for r in rows[0]]
     assert statuses == [
         ("identity", "ok"),
@@ -93,4 +94,4 @@ def test_rows_per_subject_pair_and_method(tmp_path):
     ]
     assert "empty file" in rows[0][2]["error"]
     assert all(r["status"] == "ok" for r in rows[1])
-    assert rows[1][0]["neg_jacobian_pct"] == 0.0
+    assert rows[1][0]["metrics"]["neg_jacobian_pct"] == 0.0

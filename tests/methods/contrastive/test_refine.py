@@ -23,6 +23,7 @@ from mmreg.methods.contrastive.refine import (
     save_refine,
 )
 from mmreg.methods.contrastive.train import PairImages
+from mmreg.training import SEED_PROTOCOL
 
 from .conftest import same_modality_pair
 
@@ -73,6 +74,8 @@ def test_fit_refine_summary(refine_checkpoint) -> None:
     # Validation starts from the same perturbations each epoch.
     assert len({round(h["val_start_error_mm"], 6) for h in history}) == 1
     assert summary["best_val_error_mm"] == min(h["val_error_mm"] for h in history)
+    assert [h["epoch"] for h in history] == [1.0, 2.0, 3.0]
+    assert summary["seed_protocol"] == SEED_PROTOCOL
 
 
 def test_refine_method_end_to_end(refine_checkpoint) -> None:

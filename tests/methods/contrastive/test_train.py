@@ -20,6 +20,7 @@ from mmreg.methods.contrastive.train import (
     train_contrastive,
 )
 from mmreg.models import load_checkpoint
+from mmreg.training import SEED_PROTOCOL
 
 from .conftest import toy_pair
 
@@ -47,6 +48,7 @@ def test_split_subjects() -> None:
     assert split_subjects(20, 0.15, seed=3) == (train, val)
     assert split_subjects(3, 0.5, seed=0)[1] == []  # too few to hold two out
     assert split_subjects(5, 0.0, seed=0)[1] == []
+    assert split_subjects(5, 0.8, seed=0)[0].__len__() == 2  # two left to train on
 
 
 def test_settings_validation() -> None:
@@ -104,7 +106,10 @@ def test_train_contrastive_from_records_writes_a_loadable_checkpoint(tmp_path, t
     settings = ContrastiveTrainSettings(**{**TINY, "fixed_modality": "mr", "val_fraction": 0.5})
     assert train_contrastive(records, out=out, settings=settings, progress=False) == out
     checkpoint = load_checkpoint(out, method="contrastive")
-    assert checkpoint.metadata["training"]["n_subjects"] == 4
+    training = checkpoint.metadata["training"]
+    assert training["n_subjects"] == 4
+    assert (training["seed"], training["seed_protocol"]) == (0, SEED_PROTOCOL)
+    assert not (tmp_path / "model.pt.state").exists()  # the resumable state is gone
     model, _ = load_model(out)
     sim = similarity_matrix(model, [p.dxa for p in images], [p.mr for p in images])
     assert sim.shape == (4, 4)
@@ -130,3 +135,39 @@ def test_similarity_matrix_equals_pairwise_similarities(toy_images) -> None:
             assert sim[a, b] == pytest.approx(float(expected), abs=1e-5)
     rotated = similarity_matrix(model, dxas, mrs, angles=(-4.0, 0.0, 4.0))
     assert (rotated >= sim - 1e-6).all()
+
+
+def test_an_interrupted_fit_resumes_from_its_state_file(tmp_path, toy_images) -> None:
+    settings = ContrastiveTrainSettings(**{**TINY, "epochs": 3})
+    full, _ = fit_contrastive(toy_images, settings, progress=False)
+    state = tmp_path / "model.pt.state"
+
+    def stop_at_epoch_2(record: dict[str, float]) -> None:
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt  # after epoch 1's state was written
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_contrastive(
+            toy_images, settings, progress=False, on_epoch=stop_at_epoch_2, state_path=state
+        )
+    assert state.is_file()
+    epochs: list[float] = []
+    resumed, summary = fit_contrastive(
+        toy_images,
+        settings,
+        progress=False,
+        on_epoch=lambda r: epochs.append(r["epoch"]),
+        state_path=state,
+    )
+    assert epochs == [2.0, 3.0]  # epoch 1 came from the state file
+    assert [h["epoch"] for h in summary["history"]] == [1.0, 2.0, 3.0]
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # Other settings: the state belongs to another run and is not used.
+    _, other = fit_contrastive(
+        toy_images,
+        ContrastiveTrainSettings(**{**TINY, "epochs": 3, "seed": 1}),
+        progress=False,
+        state_path=state,
+    )
+    assert len(other["history"]) == 3

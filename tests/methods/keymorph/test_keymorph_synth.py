@@ -131,7 +131,7 @@ def test_training_with_synthesis_anchors_on_the_labels(tmp_path):
     assert not (tmp_path / "n.pt").exists()
 
 
-def test_max_minutes_stops_at_the_first_validation(tmp_path):
+def test_max_minutes_stops_with_a_last_validation_and_keeps_the_state(tmp_path):
     settings = KeyMorphTrainSettings(
         pretrain_steps=6,
         steps=0,
@@ -149,4 +149,6 @@ def test_max_minutes_stops_at_the_first_validation(tmp_path):
     subjects = subjects_from_images(_labelled(tmp_path))
     path = train_keymorph(subjects, out=tmp_path / "m.pt", settings=settings, progress=False)
     meta = load_checkpoint(path, method="keymorph").metadata["training"]
-    assert meta["stopped_at_step"] == 2 and [h["step"] for h in meta["history"]] == [2]
+    # Out of time after the first step: validated there, written, resumable.
+    assert meta["stopped_at_step"] == 1 and [h["epoch"] for h in meta["history"]] == [1]
+    assert (tmp_path / "m.pt.state").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -20,7 +21,9 @@ from mmreg.methods.keymorph.train import (
     template_points,
     train_keymorph,
 )
+from mmreg.methods.keymorph.views import BatchMaker
 from mmreg.models import load_checkpoint
+from mmreg.training import SEED_PROTOCOL, split_items
 
 from factories import second_contrast, smooth_head
 
@@ -65,12 +68,15 @@ def test_every_variant_trains_and_writes_a_loadable_checkpoint(tmp_path, variant
     meta = ckpt.metadata["training"]
     assert meta["settings"]["variant"] == variant
     assert meta["subjects"] == ["s0", "s1"] and meta["validation_subjects"] == ["s2"]
-    assert [h["step"] for h in meta["history"]] == [2, 3]
+    assert [h["epoch"] for h in meta["history"]] == [2, 3]
+    assert meta["stopped_at_step"] == meta["steps"] == 3
     assert meta["anchors"] == ["foreground-kmeans"]
+    assert meta["seed"] == 0 and meta["seed_protocol"] == SEED_PROTOCOL
     assert all(np.isfinite(h["val_affine_error_mm"]) for h in meta["history"])
     model, _ = load_detector(path)
     assert model.config.ndim == 2 and model.config.n_keypoints == 6
     assert (tmp_path / "m.pt.sha256").is_file()
+    assert not (tmp_path / "m.pt.state").exists()  # a finished run leaves no state
 
 
 def test_training_is_deterministic(tmp_path):
@@ -86,6 +92,94 @@ def test_training_is_deterministic(tmp_path):
         load_checkpoint(c, method="keymorph").metadata["weights_sha256"]
         != (meta_a["weights_sha256"])
     )
+    # The run depends on the set of subjects, not on the order they are listed in.
+    listed = _subjects_2d()[::-1]
+    d = train_keymorph(listed, out=tmp_path / "d.pt", settings=settings, progress=False)
+    meta_d = load_checkpoint(d, method="keymorph").metadata
+    assert meta_d["weights_sha256"] == meta_a["weights_sha256"]
+    assert meta_d["training"]["validation_subjects"] == meta_a["training"]["validation_subjects"]
+
+
+def test_the_split_is_by_name_with_the_engine_rule(tmp_path):
+    names = ["s3", "s0", "s4", "s1", "s2"]
+    made = zip(names, _subjects_2d(5), strict=True)
+    subjects = [TrainingSubject(n, s.images, s.labels) for n, s in made]
+    settings = KeyMorphTrainSettings(pretrain_steps=1, steps=0, val_fraction=0.4, **TINY)
+    path = train_keymorph(subjects, out=tmp_path / "m.pt", settings=settings, progress=False)
+    meta = load_checkpoint(path, method="keymorph").metadata["training"]
+    train, val = split_items(names, 0.4, seed=0)
+    assert meta["subjects"] == train and meta["validation_subjects"] == val and len(val) == 2
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(monkeypatch, step: int) -> list[int]:
+    """Make rendering raise at 0-based ``step`` (as a crash or Ctrl-C would); the steps seen."""
+    seen: list[int] = []
+    make_batch = BatchMaker.make_batch
+
+    def failing(self, index):
+        seen.append(index)
+        if index == step:
+            raise _Interrupted
+        return make_batch(self, index)
+
+    monkeypatch.setattr(BatchMaker, "make_batch", failing)
+    return seen
+
+
+def test_an_interrupted_run_resumes_from_its_state_file(tmp_path, monkeypatch, caplog):
+    settings = KeyMorphTrainSettings(pretrain_steps=4, steps=2, variant="supervised", **TINY)
+    whole = train_keymorph(
+        _subjects_2d(), out=tmp_path / "a.pt", settings=settings, progress=False
+    )
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 4)
+        with pytest.raises(_Interrupted):
+            train_keymorph(
+                _subjects_2d(), out=tmp_path / "b.pt", settings=settings, progress=False
+            )
+    assert (tmp_path / "b.pt.state").is_file() and not (tmp_path / "b.pt").exists()
+    # Started again (another time budget is the same run): steps 5 and 6 only.
+    again = KeyMorphTrainSettings(
+        pretrain_steps=4, steps=2, variant="supervised", **{**TINY, "max_minutes": 60.0}
+    )
+    seen = _interrupt_at(monkeypatch, -1)
+    with caplog.at_level("INFO", logger="mmreg.train.keymorph"):
+        path = train_keymorph(
+            _subjects_2d(), out=tmp_path / "b.pt", settings=again, progress=False
+        )
+    assert seen == [4, 5]
+    assert "resuming from" in caplog.text
+    assert not (tmp_path / "b.pt.state").exists()
+    resumed = load_checkpoint(path, method="keymorph").metadata
+    reference = load_checkpoint(whole, method="keymorph").metadata
+    assert resumed["weights_sha256"] == reference["weights_sha256"]
+    assert resumed["training"]["history"] == reference["training"]["history"]
+
+
+def _training(path: Path) -> dict:
+    return load_checkpoint(path, method="keymorph").metadata["training"]
+
+
+def test_a_run_stopped_by_max_minutes_continues_when_started_again(tmp_path):
+    out = tmp_path / "m.pt"
+    short = KeyMorphTrainSettings(pretrain_steps=3, steps=1, **{**TINY, "max_minutes": 1e-6})
+    train_keymorph(_subjects_2d(), out=out, settings=short, progress=False)
+    assert _training(out)["stopped_at_step"] == 1 and (tmp_path / "m.pt.state").is_file()
+    # The state of another run (another seed) is not continued: that run starts afresh.
+    other = KeyMorphTrainSettings(pretrain_steps=3, steps=1, **{**TINY, "seed": 1})
+    shutil.copy(tmp_path / "m.pt.state", tmp_path / "o.pt.state")
+    train_keymorph(_subjects_2d(), out=tmp_path / "o.pt", settings=other, progress=False)
+    assert [h["epoch"] for h in _training(tmp_path / "o.pt")["history"]] == [2, 4]
+    # The same run without a time limit goes on after step 1.
+    whole = KeyMorphTrainSettings(pretrain_steps=3, steps=1, **TINY)
+    train_keymorph(_subjects_2d(), out=out, settings=whole, progress=False)
+    training = _training(out)
+    assert [h["epoch"] for h in training["history"]] == [1, 2, 4]
+    assert training["stopped_at_step"] == 4 and not (tmp_path / "m.pt.state").exists()
 
 
 def test_a_worker_process_renders_the_same_batches(tmp_path):

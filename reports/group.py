@@ -4,10 +4,10 @@ Reads ``sub-*/sub-*_evaluation.csv`` under the derivatives folder and writes
 ``group/evaluation.csv`` (all rows), ``group/summary.csv`` (one row per
 fixed/moving pair and method) and ``group/report.html``, each atomically. Where the
 rows carry per-landmark errors, also ``group/table1.csv`` (keypoint transfer error
-per landmark group, :mod:`~mmreg.bids_app.table1`); for 2D/3D pairs (whole-body DXA
+per landmark group, :mod:`~mmreg.reports.table1`); for 2D/3D pairs (whole-body DXA
 and MR) with contrastive weights at hand, ``group/matching.csv`` and
 ``group/matching_summary.csv`` (subject matching and swap detection,
-:mod:`~mmreg.bids_app.group_matching`).
+:mod:`~mmreg.reports.matching`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from mmreg.atomic import atomic_path
 from mmreg.bids_app.columns import write_data_dictionary
 from mmreg.bids_app.derivatives import CONTRACT_COLUMNS, order_columns
 from mmreg.bids_app.query import is_bids_label
-from mmreg.bids_app.table1 import keypoint_errors, table1, table1_section
 from mmreg.errors import InputError
+from mmreg.reports.table1 import keypoint_errors, table1, table1_section
 
 LOGGER = logging.getLogger("mmreg.group")
 
@@ -320,7 +320,7 @@ def _matching(
     device: str,
 ) -> list[tuple[str, str]]:
     """Subject matching: CSVs into ``paths``, and its report section (none on any failure)."""
-    from mmreg.bids_app.group_matching import (
+    from mmreg.reports.matching import (
         FAMILY,
         matching_section,
         run_matching,
@@ -381,7 +381,7 @@ def run_group_level(
     Raises:
         NoResultsError: If there are no participant results (an InputError; exit code 66).
     """
-    from mmreg.bids_app.report import build_report
+    from mmreg.reports.html_report import build_report
 
     output_dir = Path(output_dir)
     df = aggregate(output_dir)
@@ -440,7 +440,7 @@ def write_subject_report(output_dir: Path, subject: str, *, bids_dir: Path | Non
     Raises:
         NoResultsError: If the subject has no evaluation table.
     """
-    from mmreg.bids_app.report import build_report
+    from mmreg.reports.html_report import build_report
 
     df = aggregate(output_dir, [subject])
     html = build_report(

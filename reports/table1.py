@@ -3,7 +3,7 @@
 The whole-body paper (Windsor et al. 2021, Table 1) reports, per method, the error of
 landmarks carried from one scan to the other by the registration: median and
 mean ± sd in cm over all points of each group (HJ, S1, SJ; see
-:mod:`~mmreg.bids_app.landmark_groups`), and the time per registration. The
+:mod:`~mmreg.reports.landmark_groups`), and the time per registration. The
 evaluation rows carry every landmark's error (``tre_<landmark>_mm``, and
 ``initial_tre_<landmark>_mm`` before registration; see
 :func:`mmreg.imaging.evaluation.landmark_columns`); this module pools them.
@@ -21,9 +21,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from mmreg.bids_app import figures
-from mmreg.bids_app.landmark_groups import ALL, GROUP_TITLES, group_order, landmark_group
 from mmreg.imaging.evaluation import BEST_RIGID_PREFIX, landmark_error_columns
+from mmreg.reports import figures
+from mmreg.reports.landmark_groups import ALL, GROUP_TITLES, group_order, landmark_group
 
 __all__ = [
     "INITIAL",
@@ -102,7 +102,7 @@ def keypoint_errors(df: pd.DataFrame) -> pd.DataFrame:
     errors once per image pair (the first row that has them).
 
     Args:
-        df: Evaluation rows (:func:`mmreg.bids_app.group.aggregate`).
+        df: Evaluation rows (:func:`mmreg.reports.group.aggregate`).
 
     Returns:
         Columns :data:`POINT_COLUMNS`; ``error_cm`` finite, ``runtime_s`` NaN for
@@ -244,7 +244,7 @@ def _figure(points: pd.DataFrame) -> bytes:
 
 def table1_section(table: pd.DataFrame, points: pd.DataFrame) -> str:
     """The report section: the table (escaped) and the per-point box plot."""
-    from mmreg.bids_app.report import data_uri
+    from mmreg.reports.html_report import data_uri
 
     groups = [g for g in group_order(table["group"]) if g in GROUP_TITLES]
     legend = "; ".join(f"{g}: {GROUP_TITLES[g]}" for g in groups)

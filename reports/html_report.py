@@ -21,8 +21,7 @@ import functools
 import json
 import logging
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,10 @@ import pandas as pd
 from markupsafe import Markup
 
 from mmreg import __version__
-from mmreg.bids_app import figures, naming
+from mmreg.bids_app import naming
 from mmreg.errors import MmregError
 from mmreg.imaging.image import Image, load_image
+from mmreg.reports import figures
 
 LOGGER = logging.getLogger("mmreg.report")
 
@@ -274,93 +274,45 @@ def _failures_section(df: pd.DataFrame) -> Record:
 # --- per-subject figures --------------------------------------------------------------------
 
 
-def warped_path(row: pd.Series | dict[str, Any], output_dir: Path) -> Path | None:
-    """The warped moving image of an evaluation row (``warped`` column, else by name).
+def stored_path(row: pd.Series | Mapping[str, Any], column: str, root: Path | None) -> Path | None:
+    """The file an evaluation row stores in ``column``, or ``None`` where there is none.
 
-    Returns ``None`` when the row's labels cannot make a valid BIDS name.
+    The table stores paths as the participant level wrote them: derivatives relative to
+    OUTPUT_DIR (``warped``), inputs as BIDS URIs (``bids:raw:<path in BIDS_DIR>``) or
+    ``file://`` URLs (``fixed_image``); relative paths are taken from ``root``.
+
+    Example:
+        >>> stored_path({"warped": "sub-01/anat/w.nii.gz"}, "warped", Path("/out"))
+        PosixPath('/out/sub-01/anat/w.nii.gz')
+        >>> stored_path({"fixed_image": "bids:raw:sub-01/anat/a.nii.gz"}, "fixed_image",
+        ...             Path("/bids"))
+        PosixPath('/bids/sub-01/anat/a.nii.gz')
+        >>> stored_path({"warped": ""}, "warped", None) is None
+        True
     """
-    given = row.get("warped", "")
-    if not _is_missing(given):
-        path = Path(str(given))
-        return path if path.is_absolute() else Path(output_dir) / path
-    session = str(row.get("session", "") or "") or None
-    try:
-        subject = str(row.get("subject", ""))
-        folder = naming.subject_dir(subject, session)
-        name = naming.warped_name(
-            subject,
-            session,
-            str(row.get("fixed", "")),
-            str(row.get("moving", "")),
-            str(row.get("method", "")),
-        )
-    except MmregError:
+    given = row.get(column, "")
+    if _is_missing(given):
         return None
-    return Path(output_dir) / folder / name
+    text = str(given)
+    if text.startswith("file://"):
+        text = url2pathname(urlparse(text).path)
+    path = Path(text.removeprefix("bids:raw:"))
+    if not path.is_absolute() and root is not None:
+        path = Path(root) / path
+    return path
 
 
-#: ``key-value`` entities and the suffix of a BIDS file name.
-_BIDS_NAME = re.compile(
-    r"^(?P<entities>(?:[A-Za-z]+-[A-Za-z0-9]+_)*)(?P<suffix>[A-Za-z0-9]+)"
-    r"\.nii(?:\.gz)?$"
-)
-
-
-def _matches_label(filename: str, label: str) -> bool:
-    """Whether a BIDS file could carry the modality ``label`` (see :mod:`naming`).
-
-    A label is the suffix plus, only where needed to tell images apart, some
-    of the file's entities in :data:`naming.LABEL_ENTITIES` order.
-    """
-    match = _BIDS_NAME.match(filename)
-    if match is None or not label.startswith(match["suffix"]):
-        return False
-    entities = dict(e.split("-", 1) for e in match["entities"].rstrip("_").split("_") if e)
-    rest = label[len(match["suffix"]) :]
-    for key in naming.LABEL_ENTITIES:
-        if key not in entities:
-            continue
-        value = entities[key][:1].upper() + entities[key][1:]
-        piece = value if key == "acq" else key.capitalize() + value
-        if rest.startswith(piece):
-            rest = rest[len(piece) :]
-    return rest == ""
+def warped_path(row: pd.Series | Mapping[str, Any], output_dir: Path) -> Path | None:
+    """The warped moving image of an evaluation row (its ``warped`` column)."""
+    return stored_path(row, "warped", output_dir)
 
 
 def find_source_image(
-    row: pd.Series | dict[str, Any], role: str, bids_dir: Path | None
+    row: pd.Series | Mapping[str, Any], role: str, bids_dir: Path | None
 ) -> Path | None:
-    """The input image of ``role`` (``"fixed"``/``"moving"``) of an evaluation row.
-
-    Uses the ``<role>_image`` column when it names an existing file, else
-    searches ``bids_dir`` for the subject's (and session's) NIfTI image whose
-    suffix and entities give the row's modality label (``T1w``, ``T2wHighres``).
-    """
-    given = row.get(f"{role}_image", "")
-    if not _is_missing(given):
-        text = str(given)
-        if text.startswith("file://"):
-            text = url2pathname(urlparse(text).path)
-        text = text.removeprefix("bids:raw:")  # a BIDS URI into BIDS_DIR
-        path = Path(text)
-        if not path.is_absolute() and bids_dir is not None:
-            path = Path(bids_dir) / path
-        if path.is_file():
-            return path
-    label = str(row.get(role, "") or "")
-    if bids_dir is None or not label:
-        return None
-    subject, session = str(row.get("subject", "")), str(row.get("session", "") or "")
-    folder = Path(bids_dir) / f"sub-{subject}"
-    if session:
-        folder /= f"ses-{session}"
-    prefix = f"sub-{subject}_" + (f"ses-{session}_" if session else "")
-    hits = sorted(
-        p
-        for p in folder.glob(f"*/{prefix}*.nii*")
-        if p.is_file() and _matches_label(p.name[len(prefix) :], label)
-    )
-    return hits[0] if hits else None
+    """The input image of ``role`` (``"fixed"``/``"moving"``): its ``<role>_image`` column."""
+    path = stored_path(row, f"{role}_image", bids_dir)
+    return path if path is not None and path.is_file() else None
 
 
 def _load(path: Path | None, cache: dict[Path, Image | str]) -> Image | str:
@@ -587,8 +539,8 @@ def build_report(
     """The report as one HTML string.
 
     Args:
-        df: All evaluation rows (:func:`mmreg.bids_app.group.aggregate`).
-        summary: Per-method summary (:func:`mmreg.bids_app.group.summarise`).
+        df: All evaluation rows (:func:`mmreg.reports.group.aggregate`).
+        summary: Per-method summary (:func:`mmreg.reports.group.summarise`).
         output_dir: The derivatives folder (warped images, ``logs/``).
         bids_dir: Input dataset, to find fixed/moving images by name when the
             rows do not carry their paths.
@@ -637,7 +589,7 @@ def build_report(
 @functools.cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("mmreg.bids_app", "templates"),
+        loader=jinja2.PackageLoader("mmreg.reports", "templates"),
         autoescape=True,
         keep_trailing_newline=True,
         trim_blocks=True,

@@ -12,23 +12,23 @@ import numpy as np
 import pytest
 
 from mmreg.bids_app.config import Config
-from mmreg.bids_app.demo_data import subject_seed
-from mmreg.bids_app.demo_wholebody import (
+from mmreg.bids_app.query import find_pairs
+from mmreg.imaging.groundtruth import read_label_names, read_landmarks
+from mmreg.imaging.image import load_image, load_labels
+from mmreg.imaging.phantoms.bids_writer import subject_seed
+from mmreg.imaging.phantoms.wholebody import (
+    LANDMARK_NAMES,
+    WHOLEBODY_LABELS,
+    WholeBodySettings,
+    generate_wholebody_subject,
+)
+from mmreg.imaging.phantoms.wholebody_dataset import (
     FILES,
     FIXED_FILTER,
     MOVING_FILTER,
     MR_SLICE_SPACE,
     mr_slice_settings,
     write_wholebody_dataset,
-)
-from mmreg.bids_app.query import find_pairs
-from mmreg.imaging.groundtruth import read_label_names, read_landmarks
-from mmreg.imaging.image import load_image, load_labels
-from mmreg.imaging.phantoms.wholebody import (
-    LANDMARK_NAMES,
-    WHOLEBODY_LABELS,
-    WholeBodySettings,
-    generate_wholebody_subject,
 )
 from mmreg.imaging.slice_synthesis import synthesize_coronal_slice
 from mmreg.imaging.transform import Transform

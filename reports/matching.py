@@ -46,11 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from mmreg.atomic import atomic_path
+from mmreg.methods.contrastive.matching import CSLS_K, MATCH_ANGLES
 
 if TYPE_CHECKING:
     from mmreg.methods.contrastive.data import ChannelImage
@@ -71,12 +71,6 @@ LOGGER = logging.getLogger("mmreg.group")
 
 #: The model family whose weights score the pairs.
 FAMILY = "contrastive"
-#: Neighbours of the cross-domain similarity local scaling of the matching scores.
-CSLS_K = 10
-#: MR rotations (degrees) searched when scoring a pair: scans of one subject differ by a
-#: few degrees in the coronal plane. On 60 unseen phantoms (CSLS) recall@1 0.825 -> 0.917,
-#: TPR at 1 % FPR 0.867 -> 0.967 against the paper's shifts-only (0,) (docs/contrastive.md).
-MATCH_ANGLES = (-4.0, -2.0, 0.0, 2.0, 4.0)
 
 #: Columns the group level adds to the matching summary (the swap rule and its outcome).
 SWAP_SUMMARY_COLUMNS = ("swap_alpha", "swap_threshold", "n_swaps_suspected")
@@ -141,8 +135,10 @@ class MatchingResult:
 
 def _spatial_ndim(path: Path) -> int | None:
     """2 or 3 from the NIfTI header (trailing singleton axes dropped); ``None`` if unreadable."""
+    from mmreg.imaging.image import load_spatial
+
     try:
-        shape = list(nib.load(str(path)).header.get_data_shape())
+        shape = list(load_spatial(path).shape)  # from the header: no voxel is read
     except Exception:  # any unreadable header: the caller tries the next row
         return None
     while len(shape) > 2 and shape[-1] == 1:
@@ -151,7 +147,7 @@ def _spatial_ndim(path: Path) -> int | None:
 
 
 def _source(row: pd.Series, role: str, bids_dir: Path | None) -> Path | None:
-    from mmreg.bids_app.report import find_source_image
+    from mmreg.reports.html_report import find_source_image
 
     return find_source_image(row, role, bids_dir)
 
@@ -344,7 +340,7 @@ def run_matching(
     """Match the run's 2D and 3D scans across subjects with the contrastive encoder.
 
     Args:
-        df: Evaluation rows (:func:`mmreg.bids_app.group.aggregate`).
+        df: Evaluation rows (:func:`mmreg.reports.group.aggregate`).
         bids_dir: Input dataset, for rows without image paths.
         model: ``contrastive`` weights; ``None``: the shipped ones.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -580,7 +576,7 @@ def _swap_curve_html(result: MatchingResult) -> str:
 def _figure(make_png: Callable[[], bytes], caption: str) -> str:
     """A report figure; empty (with a log line) when drawing fails: a plot is never worth
     losing the report."""
-    from mmreg.bids_app.report import data_uri
+    from mmreg.reports.html_report import data_uri
 
     try:
         png = make_png()

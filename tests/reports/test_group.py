@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmreg.bids_app.group import aggregate, run_group_level, summarise
 from mmreg.errors import InputError
+from mmreg.reports.group import aggregate, run_group_level, summarise
 
 ERROR = "<script>alert('x')</script> & ANTs said \"no\""
 
@@ -115,9 +115,9 @@ def write_fake_output(
 ) -> tuple[Path, Path]:
     """A BIDS input folder and a derivatives folder with participant results.
 
-    sub-01 rows carry ``warped`` and ``fixed_image`` paths, the others do not
-    (the report finds their images by name); sub-02's affine result has no
-    warped image on disk.
+    Every row carries its ``warped``, ``fixed_image`` and ``moving_image`` paths as the
+    participant level writes them (sub-01 absolute input paths, the others BIDS URIs);
+    sub-02's affine result has no warped image on disk.
     """
     bids, out = tmp_path / "bids", tmp_path / "out"
     rng = np.random.default_rng(0)
@@ -126,7 +126,6 @@ def write_fake_output(
         anat_in, anat_out = bids / f"sub-{subject}" / "anat", out / f"sub-{subject}" / "anat"
         anat_in.mkdir(parents=True, exist_ok=True)
         anat_out.mkdir(parents=True, exist_ok=True)
-        fixed_path = anat_in / f"sub-{subject}_T1w.nii.gz"
         records = []
         for row in rows:
             record = {
@@ -138,9 +137,12 @@ def write_fake_output(
                 **row,
             }
             warped = anat_out / f"sub-{subject}_space-T1w_desc-{_camel(row['method'])}_T2w.nii.gz"
-            if subject == "01":
+            if row["status"] == "ok":
                 record["warped"] = warped.relative_to(out).as_posix()
-                record["fixed_image"] = str(fixed_path)
+            for role, suffix in (("fixed", "T1w"), ("moving", "T2w")):
+                image = anat_in / f"sub-{subject}_{suffix}.nii.gz"
+                uri = f"bids:raw:{image.relative_to(bids).as_posix()}"
+                record[f"{role}_image"] = str(image) if subject == "01" else uri
             skip = subject == "02" and row["method"] == "ants-affine"
             if images and row["status"] == "ok" and not skip:
                 nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32), affine), warped)
@@ -163,9 +165,9 @@ def test_aggregate_concatenates_in_sorted_order(tmp_path: Path) -> None:
     assert list(df["method"]) == ["ants-affine", "ants-syn"] * 3
     assert list(df.columns[:5]) == ["subject", "session", "fixed", "moving", "method"]
     assert set(df["session"]) == {""}
-    # sub-01 has a warped column, the others get "" rather than NaN.
-    assert list(df["warped"])[2:] == [""] * 4
+    # A failed row has no warped image: "" rather than NaN.
     failed = df[df["status"] == "failed"]
+    assert list(failed["warped"]) == [""] * len(failed)
     assert list(failed["error"]) == [ERROR]
 
 

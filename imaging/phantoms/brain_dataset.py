@@ -1,4 +1,4 @@
-"""Write the built-in brain demo: a BIDS raw dataset and its ground-truth derivatives.
+"""The brain phantom as a BIDS dataset (``mmreg demo``): raw scans and ground-truth derivatives.
 
 Layout (``<l>`` = ``01``, ``02``, ...)::
 
@@ -19,8 +19,6 @@ no place in BIDS 1.10, so the derivatives' ``.bidsignore`` lists them.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,14 @@ import numpy as np
 from mmreg import __version__
 from mmreg.atomic import atomic_path
 from mmreg.imaging.image import Image, save_image
+from mmreg.imaging.phantoms.bids_writer import (
+    write_dataset_description,
+    write_json,
+    write_participants,
+    write_phantom_dataset,
+    write_text,
+    write_tsv,
+)
 from mmreg.imaging.phantoms.brain import (
     BRAIN_LABELS,
     MODALITIES,
@@ -38,8 +44,6 @@ from mmreg.imaging.phantoms.brain import (
     generate_brain_subject,
 )
 
-BIDS_VERSION = "1.10.0"
-GROUND_TRUTH_DIR = Path("derivatives") / "ground-truth"
 #: The fixed modality of the demo; the others are moving.
 FIXED_MODALITY = MODALITIES[0]
 
@@ -66,65 +70,6 @@ is provided "as is" without express or implied warranty.
 """
 
 
-def subject_seed(seed: int, index: int) -> int:
-    """The generator seed of the ``index``-th subject (1-based) of a demo made with ``seed``."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
-
-
-def subject_label(index: int, n_subjects: int) -> str:
-    """``01``, ``02``, ... (more digits only beyond 99 subjects)."""
-    return f"{index:0{max(2, len(str(n_subjects)))}d}"
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def _write_tsv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    _write_text(path, buf.getvalue())
-
-
-def write_dataset_description(
-    folder: Path, *, name: str, generator: str, license: str, **extra: Any
-) -> None:
-    """``dataset_description.json`` of a demo dataset; a folder under ``derivatives/``
-    is a derivative dataset that links back to the raw one two levels up."""
-    derivative = folder.parent.name == "derivatives"
-    description: dict[str, Any] = {
-        "Name": name,
-        "BIDSVersion": BIDS_VERSION,
-        "DatasetType": "derivative" if derivative else "raw",
-        "License": license,
-        "Authors": ["mmreg developers"],
-        "GeneratedBy": [{"Name": "mmreg", "Version": __version__, "Description": generator}],
-    }
-    if derivative:
-        description["DatasetLinks"] = {"raw": "../../"}
-        description["SourceDatasets"] = [{"URL": "bids:raw:"}]
-    _write_json(folder / "dataset_description.json", {**description, **extra})
-
-
-def write_participants(bids_dir: Path, rows: list[list[Any]]) -> None:
-    """``participants.tsv`` (label, generator seed) and its sidecar."""
-    _write_tsv(bids_dir / "participants.tsv", ["participant_id", "seed"], rows)
-    _write_json(
-        bids_dir / "participants.json",
-        {
-            "participant_id": {"Description": "Subject label"},
-            "seed": {"Description": "Seed of the phantom generator for this subject"},
-        },
-    )
-
-
 _GENERATOR = "mmreg brain phantom (mmreg.imaging.phantoms.brain)"
 
 
@@ -141,7 +86,7 @@ def _write_raw_metadata(bids_dir: Path, rows: list[list[Any]], settings: dict[st
             }
         ],
     )
-    _write_text(
+    write_text(
         bids_dir / "README",
         "# mmreg brain demo\n\n"
         "Synthetic brain MR scans written by `mmreg demo` (mmreg "
@@ -161,7 +106,7 @@ def _write_ground_truth_metadata(gt_dir: Path) -> None:
     write_dataset_description(
         gt_dir, name="mmreg brain demo ground truth", generator=_GENERATOR, license=_LICENSE
     )
-    _write_text(
+    write_text(
         gt_dir / "README",
         "# Ground truth of the mmreg brain demo\n\n"
         "- `*_space-<mod>_dseg.nii.gz`: labels on the grid of that subject's <mod> scan; "
@@ -173,14 +118,14 @@ def _write_ground_truth_metadata(gt_dir: Path) -> None:
         "`d` is the 4D displacement field (X, Y, Z, 3) in the NIfTI (RAS vectors, "
         "trilinear, zero outside its grid).\n\n" + _TEMPLATE_CREDIT,
     )
-    _write_tsv(gt_dir / "dseg.tsv", ["index", "name"], [[k, v] for k, v in BRAIN_LABELS.items()])
+    write_tsv(gt_dir / "dseg.tsv", ["index", "name"], [[k, v] for k, v in BRAIN_LABELS.items()])
     # Inherited by every *_dseg.nii.gz in the dataset.
-    _write_json(
+    write_json(
         gt_dir / "dseg.json",
         {"Description": "Phantom labels: tissue classes and structures (see dseg.tsv)."},
     )
     # BIDS 1.10 has no suffix for landmark tables or transforms.
-    _write_text(gt_dir / ".bidsignore", "*_desc-landmarks.tsv\n*_xfm.json\n*_xfm.nii.gz\n")
+    write_text(gt_dir / ".bidsignore", "*_desc-landmarks.tsv\n*_xfm.json\n*_xfm.nii.gz\n")
 
 
 def _write_field(subject: BrainSubject, path: Path) -> None:
@@ -195,6 +140,13 @@ def _write_field(subject: BrainSubject, path: Path) -> None:
         nib.save(img, str(tmp))
 
 
+def _write_metadata(
+    bids_dir: Path, gt_dir: Path, rows: list[list[Any]], summary: dict[str, Any]
+) -> None:
+    _write_raw_metadata(bids_dir, rows, summary)
+    _write_ground_truth_metadata(gt_dir)
+
+
 def _write_subject(bids_dir: Path, gt_dir: Path, label: str, subject: BrainSubject) -> None:
     sub = f"sub-{label}"
     anat = bids_dir / sub / "anat"
@@ -204,7 +156,7 @@ def _write_subject(bids_dir: Path, gt_dir: Path, label: str, subject: BrainSubje
         rounded = image.with_data(np.rint(image.data))
         save_image(rounded, anat / f"{sub}_{mod}.nii.gz", dtype=np.int16)
         role = "fixed" if mod == FIXED_MODALITY else "moving"
-        _write_json(
+        write_json(
             anat / f"{sub}_{mod}.json",
             {"SeriesDescription": f"mmreg brain phantom {mod} ({role} image)"},
         )
@@ -214,12 +166,12 @@ def _write_subject(bids_dir: Path, gt_dir: Path, label: str, subject: BrainSubje
             gt_anat / f"{sub}_space-{mod}_dseg.nii.gz",
             dtype=np.uint8,
         )
-        _write_json(
+        write_json(
             gt_anat / f"{sub}_space-{mod}_dseg.json",
             {"SpatialReference": f"bids:raw:{sub}/anat/{sub}_{mod}.nii.gz"},
         )
         landmarks = subject.landmarks[mod]
-        _write_tsv(
+        write_tsv(
             gt_anat / f"{sub}_space-{mod}_desc-landmarks.tsv",
             ["name", "x", "y", "z"],
             [[name, *(f"{c:.4f}" for c in xyz)] for name, xyz in landmarks.items()],
@@ -227,7 +179,7 @@ def _write_subject(bids_dir: Path, gt_dir: Path, label: str, subject: BrainSubje
     for mod in MODALITIES[1:]:
         stem = f"{sub}_from-{FIXED_MODALITY}_to-{mod}_desc-truth_xfm"
         _write_field(subject, gt_anat / f"{stem}.nii.gz")
-        _write_json(
+        write_json(
             gt_anat / f"{stem}.json",
             {
                 "Description": (
@@ -257,7 +209,8 @@ def write_demo_dataset(
     Args:
         bids_dir: Dataset root (created if missing; existing demo files are overwritten).
         n_subjects: Number of subjects (labelled ``01``, ``02``, ...).
-        seed: Dataset seed; subject ``k`` uses :func:`subject_seed` ``(seed, k)``.
+        seed: Dataset seed; subject ``k`` uses
+            :func:`~mmreg.imaging.phantoms.bids_writer.subject_seed` ``(seed, k)``.
         max_rotation_deg: Largest rotation of the moving scans (random axis).
         large_rotations: Rotate the moving scans by up to 180 degrees about a random axis.
 
@@ -267,25 +220,15 @@ def write_demo_dataset(
     Raises:
         ValueError: If ``n_subjects`` is less than 1.
     """
-    if n_subjects < 1:
-        raise ValueError(f"n_subjects must be at least 1, got {n_subjects}")
-    bids_dir = Path(bids_dir)
-    gt_dir = bids_dir / GROUND_TRUTH_DIR
-    settings = {
-        "seed": int(seed),
-        "n_subjects": int(n_subjects),
-        "max_rotation_deg": float(max_rotation_deg),
-        "large_rotations": bool(large_rotations),
-    }
-    rows = []
-    for k in range(1, n_subjects + 1):
-        label = subject_label(k, n_subjects)
-        sub_seed = subject_seed(seed, k)
-        subject = generate_brain_subject(
+    return write_phantom_dataset(
+        bids_dir,
+        n_subjects=n_subjects,
+        seed=seed,
+        max_rotation_deg=max_rotation_deg,
+        large_rotations=large_rotations,
+        generate=lambda sub_seed: generate_brain_subject(
             sub_seed, max_rotation_deg=max_rotation_deg, large_rotations=large_rotations
-        )
-        _write_subject(bids_dir, gt_dir, label, subject)
-        rows.append([f"sub-{label}", sub_seed])
-    _write_raw_metadata(bids_dir, rows, settings)
-    _write_ground_truth_metadata(gt_dir)
-    return bids_dir
+        ),
+        write_subject=_write_subject,
+        write_metadata=_write_metadata,
+    )

@@ -11,9 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmreg.bids_app import cli, group_matching, run
-from mmreg.bids_app.group import run_group_level
-from mmreg.bids_app.group_matching import (
+from mmreg.bids_app import cli, run
+from mmreg.errors import InputError
+from mmreg.imaging.image import load_image
+from mmreg.imaging.slice_synthesis import synthesize_coronal_slice
+from mmreg.methods.contrastive.data import ChannelImage
+from mmreg.methods.contrastive.matching import MATCH_COLUMNS, SUMMARY_COLUMNS
+from mmreg.reports import matching as group_matching
+from mmreg.reports.group import run_group_level
+from mmreg.reports.matching import (
     SWAP_SUMMARY_COLUMNS,
     MatchingResult,
     ScanPair,
@@ -24,11 +30,6 @@ from mmreg.bids_app.group_matching import (
     swap_detection_curve,
     write_matching,
 )
-from mmreg.errors import InputError
-from mmreg.imaging.image import load_image
-from mmreg.imaging.slice_synthesis import synthesize_coronal_slice
-from mmreg.methods.contrastive.data import ChannelImage
-from mmreg.methods.contrastive.matching import MATCH_COLUMNS, SUMMARY_COLUMNS
 
 # Made-up volumes have no spine: the slicer says so and takes a flat coronal plane.
 pytestmark = pytest.mark.filterwarnings("ignore:no spine found")

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmreg.bids_app.group import run_group_level
-from mmreg.bids_app.landmark_groups import LANDMARK_GROUPS, group_order, landmark_group
-from mmreg.bids_app.table1 import INITIAL, TABLE1_COLUMNS, keypoint_errors, table1
+from mmreg.reports.group import run_group_level
+from mmreg.reports.landmark_groups import LANDMARK_GROUPS, group_order, landmark_group
+from mmreg.reports.table1 import INITIAL, TABLE1_COLUMNS, keypoint_errors, table1
 
 NAMES = (
     "femoral_head_left",
@@ -63,7 +63,7 @@ def test_landmark_groups_are_the_papers() -> None:
 
 def test_benchmark_reads_the_one_definition() -> None:
     text = (Path(__file__).parents[2] / "benchmarks" / "bench_wholebody.py").read_text()
-    assert "from mmreg.bids_app.landmark_groups import LANDMARK_GROUPS" in text
+    assert "from mmreg.reports.landmark_groups import LANDMARK_GROUPS" in text
     assert "LANDMARK_GROUPS: dict" not in text
 
 

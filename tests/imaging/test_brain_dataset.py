@@ -1,4 +1,4 @@
-"""Brain demo dataset: BIDS layout, ground-truth files and validation."""
+"""Brain phantom dataset (the brain demo): BIDS layout, ground-truth files and validation."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmreg.bids_app.demo_data import subject_seed, write_demo_dataset
 from mmreg.imaging.image import load_image, load_labels
+from mmreg.imaging.phantoms.bids_writer import subject_seed
 from mmreg.imaging.phantoms.brain import BRAIN_LABELS, MNI_LANDMARKS, generate_brain_subject
+from mmreg.imaging.phantoms.brain_dataset import write_demo_dataset
 
 MODS = ("T1w", "T2w", "PDw")
 

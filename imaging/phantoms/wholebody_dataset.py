@@ -1,4 +1,4 @@
-"""Write the whole-body demo (DXA and Dixon MR): a BIDS raw dataset and its ground truth.
+"""The whole-body phantom as a BIDS dataset: DXA and Dixon MR, raw scans and ground truth.
 
 Layout (``<l>`` = ``01``, ``02``, ...)::
 
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -56,17 +55,15 @@ import numpy.typing as npt
 
 from mmreg import __version__
 from mmreg.atomic import atomic_path
-from mmreg.bids_app.demo_data import (
-    GROUND_TRUTH_DIR,
-    _write_json,
-    _write_text,
-    _write_tsv,
-    subject_label,
-    subject_seed,
-    write_dataset_description,
-    write_participants,
-)
 from mmreg.imaging.image import Image
+from mmreg.imaging.phantoms.bids_writer import (
+    write_dataset_description,
+    write_json,
+    write_participants,
+    write_phantom_dataset,
+    write_text,
+    write_tsv,
+)
 from mmreg.imaging.phantoms.wholebody import (
     LANDMARK_NAMES,
     WHOLEBODY_LABELS,
@@ -75,6 +72,7 @@ from mmreg.imaging.phantoms.wholebody import (
     generate_wholebody_subject,
 )
 from mmreg.imaging.slice_synthesis import (
+    CoronalSlice,
     SliceSettings,
     SpineNotFoundWarning,
     synthesize_coronal_slice,
@@ -111,7 +109,7 @@ def _write_raw_metadata(bids_dir: Path, rows: list[list[Any]], settings: dict[st
         generator=_GENERATOR,
         license=_LICENSE,
     )
-    _write_text(
+    write_text(
         bids_dir / "README",
         "# mmreg whole-body demo\n\n"
         f"Synthetic whole-body scans written by `mmreg demo --dataset wholebody` (mmreg "
@@ -133,14 +131,14 @@ def _write_raw_metadata(bids_dir: Path, rows: list[list[Any]], settings: dict[st
     )
     write_participants(bids_dir, rows)
     # BIDS 1.10 has no modality for DXA; everything else is valid BIDS.
-    _write_text(bids_dir / ".bidsignore", f"*_{DXA_SUFFIX}.nii.gz\n*_{DXA_SUFFIX}.json\n")
+    write_text(bids_dir / ".bidsignore", f"*_{DXA_SUFFIX}.nii.gz\n*_{DXA_SUFFIX}.json\n")
 
 
 def _write_ground_truth_metadata(gt_dir: Path) -> None:
     write_dataset_description(
         gt_dir, name="mmreg whole-body demo ground truth", generator=_GENERATOR, license=_LICENSE
     )
-    _write_text(
+    write_text(
         gt_dir / "README",
         "# Ground truth of the mmreg whole-body demo\n\n"
         f"- `*_space-{DXA_SUFFIX}_dseg.nii.gz`: labels on the DXA grid (projections: the "
@@ -159,14 +157,21 @@ def _write_ground_truth_metadata(gt_dir: Path) -> None:
         "points to MR-slice world points. It is exact for the trunk and the landmarks; "
         "the limbs move by a few degrees on top of it.\n",
     )
-    _write_tsv(
+    write_tsv(
         gt_dir / "dseg.tsv", ["index", "name"], [[k, v] for k, v in WHOLEBODY_LABELS.items()]
     )
-    _write_json(
+    write_json(
         gt_dir / "dseg.json",
         {"Description": "Whole-body phantom labels: spine, pelvis, pelvic cavity (dseg.tsv)."},
     )
-    _write_text(gt_dir / ".bidsignore", "*_desc-landmarks.tsv\n*_xfm.json\n*_xfm.txt\n")
+    write_text(gt_dir / ".bidsignore", "*_desc-landmarks.tsv\n*_xfm.json\n*_xfm.txt\n")
+
+
+def _write_metadata(
+    bids_dir: Path, gt_dir: Path, rows: list[list[Any]], summary: dict[str, Any]
+) -> None:
+    _write_raw_metadata(bids_dir, rows, summary)
+    _write_ground_truth_metadata(gt_dir)
 
 
 def _save(image: Image, path: Path, dtype: npt.DTypeLike) -> Path:
@@ -191,17 +196,15 @@ def mr_slice_settings() -> SliceSettings:
     return SliceSettings()
 
 
-def _write_subject(bids_dir: Path, gt_dir: Path, label: str, subject: WholeBodySubject) -> None:
-    sub = f"sub-{label}"
-    anat = bids_dir / sub / "anat"
-    gt_anat = gt_dir / sub / "anat"
+def _write_raw(anat: Path, sub: str, subject: WholeBodySubject) -> tuple[Image, Image]:
+    """The raw Dixon and DXA images and sidecars; the Dixon fat and water as written."""
     # MR as scanners store it (whole numbers, int16); the slice ground truth is computed
     # from exactly these values, so mmreg's own synthesis of the files reproduces it.
     fat = subject.mr_fat.with_data(np.rint(subject.mr_fat.data))
     water = subject.mr_water.with_data(np.rint(subject.mr_water.data))
     for key, image in (("fat", fat), ("water", water)):
         _save(image, anat / f"{sub}_{FILES[key]}.nii.gz", np.int16)
-        _write_json(
+        write_json(
             anat / f"{sub}_{FILES[key]}.json",
             {
                 "SeriesDescription": f"mmreg whole-body phantom Dixon {key} image",
@@ -211,7 +214,7 @@ def _write_subject(bids_dir: Path, gt_dir: Path, label: str, subject: WholeBodyS
         )
     for key, image in (("bone", subject.dxa_bone), ("tissue", subject.dxa_tissue)):
         _save(image, anat / f"{sub}_{FILES[key]}.nii.gz", np.float32)
-        _write_json(
+        write_json(
             anat / f"{sub}_{FILES[key]}.json",
             {
                 "SeriesDescription": f"mmreg whole-body phantom DXA {key} image",
@@ -223,25 +226,26 @@ def _write_subject(bids_dir: Path, gt_dir: Path, label: str, subject: WholeBodyS
                 ),
             },
         )
+    return fat, water
 
+
+def _write_mr_slices(gt_anat: Path, sub: str, fat: Image, water: Image) -> CoronalSlice:
+    """The mid-coronal fat and water slices: the reference images of the slice labels
+    (and a ready-made moving image for DXA registration)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SpineNotFoundWarning)
         mr_slice = synthesize_coronal_slice([fat, water], settings=mr_slice_settings())
-    slice_labels = mr_slice.sample(subject.mr_labels, order=0)
-    # The slices themselves: the reference image of the slice labels (and a ready-made
-    # moving image for DXA registration).
     synthesis = {
         "Settings": {
             k: list(v) if isinstance(v, tuple) else v for k, v in asdict(mr_slice.settings).items()
         },
         "FoundSpine": bool(mr_slice.path.found),
     }
-    slice_refs = {}
     for key, image in zip(("fat", "water"), mr_slice.images, strict=True):
-        stem = f"{sub}_acq-dixon_rec-{key}_space-{MR_SLICE_SPACE}_{DIXON_SUFFIX}"
+        stem = _mr_slice_stem(sub, key)
         # Stored as (X, Y, 1): BIDS wants 3D T1w files; mmreg reads it back as 2D.
         _save(Image(image.data[:, :, None], image.affine), gt_anat / f"{stem}.nii.gz", np.float32)
-        _write_json(
+        write_json(
             gt_anat / f"{stem}.json",
             {
                 # Same world frame (x and z) as the Dixon image it comes from.
@@ -259,7 +263,18 @@ def _write_subject(bids_dir: Path, gt_dir: Path, label: str, subject: WholeBodyS
                 "SliceSynthesis": synthesis,
             },
         )
-        slice_refs[key] = f"bids::{sub}/anat/{stem}.nii.gz"
+    return mr_slice
+
+
+def _mr_slice_stem(sub: str, key: str) -> str:
+    """File stem of a subject's mid-coronal ``fat`` or ``water`` slice."""
+    return f"{sub}_acq-dixon_rec-{key}_space-{MR_SLICE_SPACE}_{DIXON_SUFFIX}"
+
+
+def _write_labels_and_landmarks(
+    gt_anat: Path, sub: str, subject: WholeBodySubject, slice_labels: Image
+) -> None:
+    """Label maps and landmark tables in the three spaces (DXA, Dixon, MR slice)."""
     spaces = {
         DXA_SUFFIX: (
             subject.dxa_labels,
@@ -271,19 +286,27 @@ def _write_subject(bids_dir: Path, gt_dir: Path, label: str, subject: WholeBodyS
             subject.landmarks_mr,
             f"bids:raw:{sub}/anat/{sub}_{FILES['fat']}.nii.gz",
         ),
-        MR_SLICE_SPACE: (slice_labels, subject.landmarks_mr_slice, slice_refs["fat"]),
+        MR_SLICE_SPACE: (
+            slice_labels,
+            subject.landmarks_mr_slice,
+            f"bids::{sub}/anat/{_mr_slice_stem(sub, 'fat')}.nii.gz",
+        ),
     }
     for space, (labels, landmarks, reference) in spaces.items():
         _save(labels, gt_anat / f"{sub}_space-{space}_dseg.nii.gz", np.uint8)
-        _write_json(gt_anat / f"{sub}_space-{space}_dseg.json", {"SpatialReference": reference})
-        _write_tsv(
+        write_json(gt_anat / f"{sub}_space-{space}_dseg.json", {"SpatialReference": reference})
+        write_tsv(
             gt_anat / f"{sub}_space-{space}_desc-landmarks.tsv",
             ["name", "x", "y", "z"],
             _landmark_rows(landmarks),
         )
+
+
+def _write_true_transform(gt_anat: Path, sub: str, subject: WholeBodySubject) -> None:
+    """The true 2D rigid map from the DXA to the MR slice: ITK text file and JSON."""
     stem = f"{sub}_from-{DXA_SUFFIX}_to-{MR_SLICE_SPACE}_desc-truth_xfm"
     Transform.from_affine(subject.dxa_to_mr_slice, ndim=2).write(gt_anat / f"{stem}.txt")
-    _write_json(
+    write_json(
         gt_anat / f"{stem}.json",
         {
             "Description": (
@@ -299,6 +322,17 @@ def _write_subject(bids_dir: Path, gt_dir: Path, label: str, subject: WholeBodyS
             "GeneratorMetadata": subject.metadata,
         },
     )
+
+
+def _write_subject(bids_dir: Path, gt_dir: Path, label: str, subject: WholeBodySubject) -> None:
+    """Every file of one subject: raw images, then its ground truth."""
+    sub = f"sub-{label}"
+    gt_anat = gt_dir / sub / "anat"
+    fat, water = _write_raw(bids_dir / sub / "anat", sub, subject)
+    mr_slice = _write_mr_slices(gt_anat, sub, fat, water)
+    slice_labels = mr_slice.sample(subject.mr_labels, order=0)
+    _write_labels_and_landmarks(gt_anat, sub, subject, slice_labels)
+    _write_true_transform(gt_anat, sub, subject)
 
 
 def write_wholebody_dataset(
@@ -317,7 +351,7 @@ def write_wholebody_dataset(
         bids_dir: Dataset root (created if missing; existing demo files are overwritten).
         n_subjects: Number of subjects (labelled ``01``, ``02``, ...).
         seed: Dataset seed; subject ``k`` uses
-            :func:`~mmreg.bids_app.demo_data.subject_seed` ``(seed, k)``.
+            :func:`~mmreg.imaging.phantoms.bids_writer.subject_seed` ``(seed, k)``.
         max_rotation_deg: Largest in-plane (coronal) rotation of the MR relative to the
             DXA; the phantom's default, 4 degrees, is what whole-body scans show.
         large_rotations: Rotate the MR in-plane by up to 180 degrees instead.
@@ -335,33 +369,19 @@ def write_wholebody_dataset(
         >>> root = write_wholebody_dataset(Path(tempfile.mkdtemp()) / "bids", n_subjects=1,
         ...                                seed=0)  # doctest: +SKIP
     """
-    if n_subjects < 1:
-        raise ValueError(f"n_subjects must be at least 1, got {n_subjects}")
-    bids_dir = Path(bids_dir)
-    gt_dir = bids_dir / GROUND_TRUTH_DIR
     settings = replace(
         settings or WholeBodySettings(),
         max_rotation_deg=float(max_rotation_deg),
         large_rotations=bool(large_rotations),
     )
-    summary = {
-        "seed": int(seed),
-        "n_subjects": int(n_subjects),
-        "max_rotation_deg": float(max_rotation_deg),
-        "large_rotations": bool(large_rotations),
-    }
-    rows = []
-    for k in range(1, n_subjects + 1):
-        label = subject_label(k, n_subjects)
-        sub_seed = subject_seed(seed, k)
-        t0 = time.perf_counter()
-        subject = generate_wholebody_subject(sub_seed, settings=settings)
-        t1 = time.perf_counter()
-        _write_subject(bids_dir, gt_dir, label, subject)
-        if timings is not None:
-            timings.setdefault("generate_s", []).append(t1 - t0)
-            timings.setdefault("write_s", []).append(time.perf_counter() - t1)
-        rows.append([f"sub-{label}", sub_seed])
-    _write_raw_metadata(bids_dir, rows, summary)
-    _write_ground_truth_metadata(gt_dir)
-    return bids_dir
+    return write_phantom_dataset(
+        bids_dir,
+        n_subjects=n_subjects,
+        seed=seed,
+        max_rotation_deg=max_rotation_deg,
+        large_rotations=large_rotations,
+        generate=lambda sub_seed: generate_wholebody_subject(sub_seed, settings=settings),
+        write_subject=_write_subject,
+        write_metadata=_write_metadata,
+        timings=timings,
+    )

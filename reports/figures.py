@@ -19,8 +19,16 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image as PILImage
-from scipy import ndimage
 
+from mmreg.imaging.display import (
+    PLANES,
+    canonical,
+    checkerboard,
+    edge_map,
+    plane_slices,
+    resample_to,
+    robust_normalise,
+)
 from mmreg.imaging.image import Image
 
 #: Resolution of every PNG: small files, still legible in a browser.
@@ -241,121 +249,6 @@ def boxplot_groups(
 # --- alignment overlays ---------------------------------------------------------------------
 
 
-def resample_to(image: Image, reference: Image, *, order: int = 1) -> Image:
-    """``image`` resampled onto ``reference``'s grid through world coordinates.
-
-    An identity mapping in world space: this is only a display aid for images
-    that are not already on the same grid (and for showing the moving image
-    as it lies before registration).
-
-    Raises:
-        ValueError: If the two images differ in dimensionality.
-    """
-    if image.ndim != reference.ndim:
-        raise ValueError(f"cannot overlay a {image.ndim}D image on a {reference.ndim}D one")
-    if image.shape == reference.shape and np.allclose(image.affine, reference.affine, atol=1e-4):
-        return image
-    n = reference.ndim
-    vox = np.linalg.inv(image.affine) @ reference.affine
-    # Axes beyond ndim are not indexed; a 2D image's (x, y) depend on (i, j) only.
-    matrix, offset = vox[:n, :n], vox[:n, 3]
-    data = ndimage.affine_transform(
-        np.asarray(image.data, dtype=np.float32),
-        matrix,
-        offset,
-        output_shape=reference.shape,
-        order=order,
-        mode="constant",
-        cval=0.0,
-    )
-    return Image(data.astype(np.float32), reference.affine)
-
-
-def robust_normalise(
-    data: npt.ArrayLike, *, lower: float = 1.0, upper: float = 99.0
-) -> npt.NDArray[np.float32]:
-    """Intensities mapped to ``[0, 1]`` between two percentiles (NaN -> 0).
-
-    Percentiles ignore exact-zero background where there is foreground, so
-    a small object in a large empty field still gets the full grey range.
-    """
-    arr = np.nan_to_num(np.asarray(data, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    values = arr[arr != 0]
-    if values.size < 16:
-        values = arr.ravel()
-    if values.size == 0:
-        return np.zeros_like(arr)
-    lo, hi = (float(v) for v in np.percentile(values, [lower, upper]))
-    if hi <= lo:
-        lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros_like(arr)
-    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-
-
-def _canonical(data: npt.NDArray, affine: npt.NDArray) -> tuple[npt.NDArray, npt.NDArray]:
-    """Data with axes reordered/flipped to RAS, and each axis' voxel size in mm.
-
-    A 2D image gets a singleton third axis first, so it lands in whichever
-    world plane its affine puts it (axial, coronal or sagittal).
-    """
-    data3 = data if data.ndim == 3 else data[..., None]
-    ornt = nib.orientations.io_orientation(affine)
-    zooms = np.linalg.norm(affine[:3, :3], axis=0)
-    out = nib.orientations.apply_orientation(data3, ornt)
-    spacing = np.empty(3)
-    for vox_axis, (world_axis, _) in enumerate(ornt):
-        spacing[int(world_axis)] = zooms[vox_axis]
-    return np.asarray(out), spacing
-
-
-#: Display planes of a RAS volume: (name, axis held fixed, (horizontal, vertical) axes).
-_PLANES = (("axial", 2, (0, 1)), ("coronal", 1, (0, 2)), ("sagittal", 0, (1, 2)))
-
-
-def _plane_slices(
-    fixed: npt.NDArray, moving: npt.NDArray, spacing: npt.NDArray
-) -> list[tuple[str, npt.NDArray, npt.NDArray, tuple[float, float]]]:
-    """Mid slices ``(name, fixed_2d, moving_2d, (width_mm, height_mm))``, (h, v) indexed.
-
-    All three planes of a volume; for a 2D image (one singleton axis after
-    :func:`_canonical`) only the plane across that axis.
-    """
-    flat = [axis for axis in range(3) if fixed.shape[axis] == 1]
-    out = []
-    for name, axis, (h, v) in _PLANES:
-        if flat and axis != flat[0]:
-            continue
-        index = fixed.shape[axis] // 2
-        extent = (float(fixed.shape[h] * spacing[h]), float(fixed.shape[v] * spacing[v]))
-        out.append(
-            (name, np.take(fixed, index, axis=axis), np.take(moving, index, axis=axis), extent)
-        )
-    return out
-
-
-def edge_map(slice2d: npt.NDArray, *, quantile: float = 90.0) -> npt.NDArray[np.float32]:
-    """Strength in ``[0, 1]`` of the strongest intensity edges of a normalised slice."""
-    smooth = ndimage.gaussian_filter(np.asarray(slice2d, dtype=np.float32), 0.7)
-    magnitude = np.hypot(ndimage.sobel(smooth, 0), ndimage.sobel(smooth, 1))
-    nonzero = magnitude[magnitude > 1e-6]
-    if nonzero.size == 0:
-        return np.zeros_like(magnitude)
-    threshold = float(np.percentile(nonzero, quantile))
-    top = float(nonzero.max())
-    if top <= threshold:
-        return (magnitude >= threshold).astype(np.float32)
-    return np.clip((magnitude - threshold) / (top - threshold) * 2.0, 0.0, 1.0).astype(np.float32)
-
-
-def checkerboard(a: npt.NDArray, b: npt.NDArray, *, tiles: int = 8) -> npt.NDArray:
-    """``a`` and ``b`` interleaved in a ``tiles`` x ``tiles`` checkerboard."""
-    rows = (np.arange(a.shape[0]) * tiles // max(a.shape[0], 1)) % 2
-    cols = (np.arange(a.shape[1]) * tiles // max(a.shape[1], 1)) % 2
-    use_a = (rows[:, None] + cols[None, :]) % 2 == 0
-    return np.where(use_a, a, b)
-
-
 def _show_grey(ax: Any, slice2d: npt.NDArray, extent: tuple[float, float, float, float]) -> None:
     """A normalised slice, (h, v) indexed, in grey with the display conventions of the report."""
     ax.imshow(
@@ -377,9 +270,9 @@ def flicker_frames(fixed: Image, warped: Image, *, dpi: int = DPI) -> tuple[byte
     (one for 2D) in one row, large enough to judge, with the fixed image's edges on both.
     """
     warped = resample_to(warped, fixed)
-    f3, spacing = _canonical(robust_normalise(fixed.data), fixed.affine)
-    m3, _ = _canonical(robust_normalise(warped.data), fixed.affine)
-    planes = _plane_slices(f3, m3, spacing)
+    f3, spacing = canonical(robust_normalise(fixed.data), fixed.affine)
+    m3, _ = canonical(robust_normalise(warped.data), fixed.affine)
+    planes = plane_slices(f3, m3, spacing)
     frames = []
     for which in (1, 2):
         fig = Figure(figsize=(3.6 * len(planes), 3.8))
@@ -433,9 +326,9 @@ def overlay_figure(
         ValueError: If the images differ in dimensionality.
     """
     warped = resample_to(warped, fixed)
-    f3, spacing = _canonical(robust_normalise(fixed.data), fixed.affine)
-    m3, _ = _canonical(robust_normalise(warped.data), fixed.affine)
-    planes = _plane_slices(f3, m3, spacing)
+    f3, spacing = canonical(robust_normalise(fixed.data), fixed.affine)
+    m3, _ = canonical(robust_normalise(warped.data), fixed.affine)
+    planes = plane_slices(f3, m3, spacing)
     ncol = len(planes)
     fig = Figure(figsize=(2.3 * ncol + 0.2, 4.9))
     for col, (name, f2, m2, (width, height)) in enumerate(planes):
@@ -467,7 +360,8 @@ def overlay_figure(
 def _canonical_points(
     points: npt.ArrayLike, affine: npt.NDArray, shape: tuple[int, ...]
 ) -> npt.NDArray[np.float64]:
-    """World points (RAS mm) -> (N, 3) voxel indices of :func:`_canonical`'s reoriented data."""
+    """World points (RAS mm) -> (N, 3) voxel indices of the reoriented data
+    (:func:`~mmreg.imaging.display.canonical`)."""
     pts = np.atleast_2d(np.asarray(points, dtype=np.float64))[:, :3]
     shape3 = tuple(shape) if len(shape) == 3 else (*shape, 1)
     ijk = nib.affines.apply_affine(np.linalg.inv(affine), pts)
@@ -503,13 +397,13 @@ def keypoints_figure(
 
     rows = []
     for image, points in ((fixed, fixed_points), (moving, moving_points)):
-        data, spacing = _canonical(robust_normalise(image.data), image.affine)
+        data, spacing = canonical(robust_normalise(image.data), image.affine)
         idx = _canonical_points(points, image.affine, image.shape)
         rows.append((data, spacing, idx))
     n_points = len(rows[0][2])
     colours = colormaps["hsv"](np.linspace(0, 1, max(n_points, 1), endpoint=False))
     flat = [axis for axis in range(3) if rows[0][0].shape[axis] == 1]
-    planes = [p for p in _PLANES if not flat or p[1] == flat[0]]
+    planes = [p for p in PLANES if not flat or p[1] == flat[0]]
     fig = Figure(figsize=(2.3 * len(planes) + 0.2, 4.9))
     for r, (data, spacing, idx) in enumerate(rows):
         for c, (name, axis, (h, v)) in enumerate(planes):

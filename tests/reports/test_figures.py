@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmreg.bids_app import figures
+from mmreg.imaging import display
 from mmreg.imaging.image import Image
+from mmreg.reports import figures
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -81,16 +82,16 @@ def test_overlay_rejects_mixed_dimensionality() -> None:
 
 def test_robust_normalise_and_checkerboard() -> None:
     data = np.arange(100, dtype=np.float32).reshape(10, 10)
-    norm = figures.robust_normalise(data)
+    norm = display.robust_normalise(data)
     assert norm.min() == 0.0 and norm.max() == 1.0
-    assert not figures.robust_normalise(np.full((5, 5), np.nan)).any()
-    board = figures.checkerboard(np.zeros((8, 8)), np.ones((8, 8)), tiles=2)
+    assert not display.robust_normalise(np.full((5, 5), np.nan)).any()
+    board = display.checkerboard(np.zeros((8, 8)), np.ones((8, 8)), tiles=2)
     assert board[0, 0] == 0 and board[0, 7] == 1 and board[7, 7] == 0
 
 
 def test_keypoints_land_on_their_voxels_in_the_display_frame():
     """A LAS-stored image: world points map to the reoriented (RAS) voxel indices."""
-    from mmreg.bids_app.figures import _canonical_points
+    from mmreg.reports.figures import _canonical_points
 
     affine = np.diag([-2.0, 2.0, 2.0, 1.0])
     affine[:3, 3] = [20.0, -10.0, 0.0]
@@ -101,7 +102,7 @@ def test_keypoints_land_on_their_voxels_in_the_display_frame():
 
 
 def test_keypoints_figure_renders_3d_and_2d():
-    from mmreg.bids_app.figures import keypoints_figure
+    from mmreg.reports.figures import keypoints_figure
 
     rng = np.random.default_rng(0)
     volume = Image(rng.random((20, 22, 18)).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))

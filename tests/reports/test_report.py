@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from markupsafe import escape
 
-from mmreg.bids_app import report
-from mmreg.bids_app.group import aggregate, run_group_level, summarise
+from mmreg.reports import html_report as report
+from mmreg.reports.group import aggregate, run_group_level, summarise
 
 # The fake output folder is shared with test_group; test modules are not importable by name
 # under --import-mode=importlib, so load it from its file.
@@ -44,8 +44,8 @@ def test_report_contents(tmp_path: Path) -> None:
     assert escape(ERROR) in text
     assert "<script>" not in text
     # Per subject: before + a figure per method where the warped image exists.
-    # sub-01 (paths in the CSV) and sub-10 (found by name) have both; sub-02 has
-    # one failed method and one missing warped image.
+    # sub-01 and sub-10 have both; sub-02 has one failed method and one missing warped
+    # image.
     sections = re.split(r'<h3 id="sub-', text)[1:]
     assert len(sections) == 3
     # Each aligned pair is shown twice: an edge overlay / checkerboard, and a before/after
@@ -111,34 +111,29 @@ def test_report_corrupt_image_is_a_note(tmp_path: Path) -> None:
     assert "No figures: fixed image (T1w)" in text
 
 
-def test_find_source_image_and_warped_path(tmp_path: Path) -> None:
+def test_images_come_from_the_paths_the_table_stores(tmp_path: Path) -> None:
     anat = tmp_path / "sub-01" / "ses-a" / "anat"
     anat.mkdir(parents=True)
-    targets = {}
-    for name in ("acq-hi_T1w", "acq-lo_run-2_T1w", "T2w"):
-        targets[name] = anat / f"sub-01_ses-a_{name}.nii.gz"
-        nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), targets[name])
+    image = anat / "sub-01_ses-a_acq-hi_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), image)
     row = {
         "subject": "01",
-        "session": "a",
         "fixed": "T1wHi",
-        "moving": "T2w",
-        "method": "keymorph-affine+ants-syn",
+        "fixed_image": "bids:raw:sub-01/ses-a/anat/sub-01_ses-a_acq-hi_T1w.nii.gz",
+        "moving_image": "bids:raw:sub-01/ses-a/anat/sub-01_ses-a_T2w.nii.gz",
+        "warped": "sub-01/ses-a/anat/w.nii.gz",
     }
-    assert report.find_source_image(row, "fixed", tmp_path) == targets["acq-hi_T1w"]
-    assert report.find_source_image(row, "moving", tmp_path) == targets["T2w"]
-    for label, expected in (("T1wLoRun2", "acq-lo_run-2_T1w"), ("T1wRun2", "acq-lo_run-2_T1w")):
-        assert (
-            report.find_source_image({**row, "fixed": label}, "fixed", tmp_path)
-            == (targets[expected])
-        )
-    assert report.find_source_image({**row, "fixed": "T1wMid"}, "fixed", tmp_path) is None
-    assert report.find_source_image({**row, "fixed": "FLAIR"}, "fixed", tmp_path) is None
-    assert report.warped_path(row, tmp_path) == (
-        tmp_path
-        / "sub-01/ses-a/anat/sub-01_ses-a_space-T1wHi_desc-keymorphAffineAntsSyn_T2w.nii.gz"
+    assert report.find_source_image(row, "fixed", tmp_path) == image
+    assert report.find_source_image({**row, "fixed_image": image.as_uri()}, "fixed", None) == (
+        image
     )
-    assert report.warped_path({**row, "moving": "../x"}, tmp_path) is None
+    assert report.find_source_image(row, "moving", tmp_path) is None  # not on disk
+    # Nothing is searched for by name: a row without the column has no image.
+    assert report.find_source_image({**row, "fixed_image": ""}, "fixed", tmp_path) is None
+    assert report.warped_path(row, tmp_path / "out") == (
+        tmp_path / "out" / "sub-01/ses-a/anat/w.nii.gz"
+    )
+    assert report.warped_path({**row, "warped": float("nan")}, tmp_path) is None
 
 
 def test_empty_results_still_render(tmp_path: Path) -> None:
@@ -148,7 +143,7 @@ def test_empty_results_still_render(tmp_path: Path) -> None:
 
 
 def test_subject_reports_are_written_and_linked_from_the_group_report(tmp_path: Path) -> None:
-    from mmreg.bids_app.group import subject_report_path, write_subject_report
+    from mmreg.reports.group import subject_report_path, write_subject_report
 
     bids, out = write_fake_output(tmp_path, images=True)
     page = write_subject_report(out, "01", bids_dir=bids).read_text(encoding="utf-8")
