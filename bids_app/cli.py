@@ -286,9 +286,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         choices=GRANULARITIES,
         default="auto",
         help="what one worker job runs: a single task, or a subject's whole pipeline; "
-        "auto: subject for slurm, and for cf when there are at least as many subjects as "
-        "--nprocs (finished subjects appear while the run goes on); task otherwise "
-        "(default: %(default)s)",
+        "auto: subject for slurm, and for cf with a cohort (at least 4 subjects per process, "
+        "or 2 with --nprocs 1: finished subjects appear while the run goes on); task "
+        "otherwise (default: %(default)s)",
     )
     group.add_argument(
         "--nprocs",

@@ -193,16 +193,27 @@ class Config:
         """The job granularity in effect for a run of ``n_subjects`` (``None``: many).
 
         ``auto`` is ``subject`` on SLURM (each job pays a queue wait and a fresh Python),
-        and with the cf worker when there are at least as many subjects as processes:
-        subjects then run side by side, each one's results land as soon as it ends, and
-        the first subjects are done before the last start. With fewer subjects than
-        processes, ``task`` keeps every process busy.
+        and with the cf worker for a cohort: subjects then run side by side, each one's
+        results land as soon as it ends, and the first subjects are done before the last
+        start. A cohort is two or more subjects for one process, four or more per process
+        otherwise: the last subjects' jobs cannot share out their tasks, which costs little
+        only when each process has several subjects to run. With fewer, ``task`` keeps
+        every process busy.
+
+        Example:
+            >>> config = Config(bids_dir="/b", output_dir="/o", analysis_level="participant",
+            ...                 worker="cf", nprocs=2)
+            >>> [config.granularity_for(n) for n in (3, 8)]
+            ['task', 'subject']
+            >>> config.replace(nprocs=1).granularity_for(2)
+            'subject'
         """
         if self.job_granularity != "auto":
             return self.job_granularity
         if self.worker == "slurm":
             return "subject"
-        many = n_subjects is None or n_subjects >= max(2, self.nprocs)
+        per_process = 2 if self.nprocs <= 1 else 4
+        many = n_subjects is None or n_subjects >= per_process * max(1, self.nprocs)
         return "subject" if self.worker == "cf" and many else "task"
 
     def to_dict(self) -> dict[str, Any]:

@@ -392,7 +392,7 @@ def write_subject_csv(output_dir: Path, subject: str, rows: Sequence[dict[str, A
     """``sub-<l>/sub-<l>_evaluation.csv`` with all of the subject's rows."""
     frame = pd.DataFrame(list(rows))
     frame = frame.reindex(columns=order_columns(frame.columns))
-    path = output_dir / f"sub-{subject}" / f"sub-{subject}_evaluation.csv"
+    path = output_dir / naming.evaluation_csv(subject)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")

@@ -146,6 +146,26 @@ def subject_dir(subject: str, session: str | None = None, datatype: str = "anat"
     return path / sanitize_label(datatype, what="datatype")
 
 
+def evaluation_csv(subject: str) -> Path:
+    """``sub-<l>/sub-<l>_evaluation.csv``, relative to the output folder.
+
+    Example:
+        >>> evaluation_csv("01").as_posix()
+        'sub-01/sub-01_evaluation.csv'
+    """
+    label = sanitize_label(subject, what="subject label")
+    return Path(f"sub-{label}") / f"sub-{label}_evaluation.csv"
+
+
+#: :func:`evaluation_csv` of every subject, as a glob pattern.
+EVALUATION_CSV_GLOB = "sub-*/sub-*_evaluation.csv"
+
+
+def subject_report(subject: str) -> Path:
+    """``sub-<l>.html``, relative to the output folder (where fMRIPrep puts its reports)."""
+    return Path(f"sub-{sanitize_label(subject, what='subject label')}.html")
+
+
 def warped_name(subject: str, session: str | None, fixed: str, moving: str, method: str) -> str:
     """``sub-<l>[_ses-<s>]_space-<fixed>_desc-<method>_<moving>.nii.gz``.
 

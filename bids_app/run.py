@@ -7,12 +7,12 @@ import json
 import logging
 import multiprocessing
 import os
-import pickle
 import re
 import shutil
 import sys
 import threading
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -89,10 +89,13 @@ class _Progress:
         self._done = self._first = min(total, self._count())
 
     def _count(self) -> int:
+        # A registration is done once its task sealed its folder after writing its manifest
+        # (both ours; nothing of the engine's is read).
+        from mmreg.cache import SEAL
+        from mmreg.tasks._manifest import Registered
+
         return sum(
-            1
-            for p in self._root.glob("python-*/result.json")
-            if (p.parent / "_result.pklz").exists()
+            1 for p in self._root.glob(f"*/{Registered.NAME}") if (p.parent / SEAL).exists()
         )
 
     def _update(self) -> None:
@@ -376,33 +379,25 @@ def _reason_line(text: str) -> str | None:
     return None
 
 
-def _read_error_file(path: Path) -> str:
-    """The text of a Pydra ``_error.pklz`` (a pickled dict) or of a job's ``.err`` file."""
-    if path.suffix != ".pklz":
-        return path.read_text(errors="replace")
-    with path.open("rb") as stream:
-        data = pickle.load(stream)  # written by Pydra into our own cache folder
-    message = data.get("error message", data) if isinstance(data, dict) else data
-    return "".join(message) if isinstance(message, list) else str(message)
-
-
 def engine_failure_reason(
     exc: BaseException, cache_root: Path, *, since: float
 ) -> tuple[str, Path | None]:
     """One line saying why the workflow engine failed, and the file with the details.
 
-    Pydra wraps a task's failure in one RuntimeError per enclosing workflow, and for a
-    failed SLURM job only says "Job failed (unknown reason - TODO)" unless the second to
-    last line of the job's ``.err`` says more. The real reason is, in this order, in a task's
-    ``_error.pklz`` (a Python traceback inside the task, or the job could not load it), in
-    a SLURM job's ``.err`` file (the job died: killed, out of memory, Python not starting),
-    or in the exception itself (e.g. sbatch refused the job). Only files written since
-    ``since`` (the run's start) count. The full text goes to the ``mmreg.engine`` log.
+    The engine wraps a task's failure in one RuntimeError per enclosing workflow, and for
+    a failed SLURM job only says "Job failed (unknown reason - TODO)" unless the second to
+    last line of the job's ``.err`` says more. The real reason is, in this order, in the
+    crash report a task that raised left (:data:`mmreg.tasks.define.CRASH_REPORT`), in a
+    SLURM job's ``.err`` file (its stderr: the job died, was killed, out of memory, Python
+    did not start), or in the exception with its causes and notes (e.g. sbatch refused
+    the job). Only files written since ``since`` (the run's start) count. The full text
+    goes to the ``mmreg.engine`` log.
     """
+    from mmreg.tasks.define import CRASH_REPORT
+
     log = logging.getLogger("mmreg.engine")
     candidates = [
-        *cache_root.glob("python-*/_error.pklz"),
-        *cache_root.glob("slurm_scripts/*/_error.pklz"),
+        *cache_root.glob(f"*/{CRASH_REPORT}"),
         *cache_root.glob("slurm_scripts/*/slurm-*.err"),
     ]
     recent = []
@@ -411,18 +406,18 @@ def engine_failure_reason(
             if path.stat().st_mtime >= since - 5 and path.stat().st_size:
                 recent.append(path)
     # Tracebacks before job logs (they are the more precise), then the earliest failure.
-    recent.sort(key=lambda p: (p.suffix != ".pklz", p.stat().st_mtime))
+    recent.sort(key=lambda p: (p.name != CRASH_REPORT, p.stat().st_mtime))
     for path in recent:
         try:
-            text = _read_error_file(path)
-        except Exception:  # unreadable: try the next one
-            log.debug("could not read %s", path, exc_info=True)
+            text = path.read_text(errors="replace")
+        except OSError:  # gone meanwhile: try the next one
             continue
         reason = _reason_line(text)
         if reason:
             log.debug("first failure, from %s:\n%s", path, text)
             return " ".join(reason.split())[:300], path
-    reason = _reason_line(str(exc)) or f"{type(exc).__name__}: {exc}"
+    text = "".join(traceback.format_exception(exc))
+    reason = _reason_line(text) or f"{type(exc).__name__}: {exc}"
     return " ".join(reason.split())[:300], None
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mmreg.atomic import atomic_path
+from mmreg.bids_app import naming
 from mmreg.bids_app.columns import write_data_dictionary
 from mmreg.bids_app.derivatives import CONTRACT_COLUMNS, order_columns
 from mmreg.bids_app.query import is_bids_label
@@ -86,7 +87,7 @@ def _shown(names: Sequence[str]) -> str:
 
 def find_subject_csvs(output_dir: Path) -> list[Path]:
     """Per-participant evaluation CSVs under ``output_dir``, sorted by path."""
-    return sorted(p for p in Path(output_dir).glob("sub-*/sub-*_evaluation.csv") if p.is_file())
+    return sorted(p for p in Path(output_dir).glob(naming.EVALUATION_CSV_GLOB) if p.is_file())
 
 
 def _complete_rows(text: str) -> tuple[str, int]:
@@ -428,7 +429,7 @@ def run_group_level(
 
 def subject_report_path(output_dir: Path, subject: str) -> Path:
     """``OUTPUT_DIR/sub-<label>.html``, where fMRIPrep puts its subject reports."""
-    return Path(output_dir) / f"sub-{subject}.html"
+    return Path(output_dir) / naming.subject_report(subject)
 
 
 def write_subject_report(output_dir: Path, subject: str, *, bids_dir: Path | None = None) -> Path:

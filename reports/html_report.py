@@ -519,7 +519,8 @@ def _subject_links(df: pd.DataFrame, output_dir: Path) -> dict[str, str]:
     if "subject" not in df.columns:
         return {}
     subjects = sorted(df["subject"].astype(str).unique())
-    return {s: f"../sub-{s}.html" for s in subjects if (output_dir / f"sub-{s}.html").is_file()}
+    reports = {s: naming.subject_report(s) for s in subjects}
+    return {s: f"../{page}" for s, page in reports.items() if (output_dir / page).is_file()}
 
 
 # --- the report -----------------------------------------------------------------------------

@@ -23,8 +23,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,10 @@ from mmreg.interrupts import interrupts_watched, raise_if_interrupted
 
 #: Suffix of the module attribute that holds a task's plain function.
 FUNCTION_SUFFIX = "_function"
+#: What a task that raised leaves in its work folder: the traceback, for the run's one-line
+#: reason (hidden, so the seal never lists it). Tasks turn data problems into failed rows;
+#: this is for the rest (a bug, an interrupt, memory).
+CRASH_REPORT = ".mmreg-crash.txt"
 
 
 def task(*, outputs: Sequence[str]) -> Callable[[Callable[..., Any]], Any]:
@@ -46,8 +52,9 @@ def task(*, outputs: Sequence[str]) -> Callable[[Callable[..., Any]], Any]:
     ``__qualname__``); the task class keeps the function's name. Two more things every
     task does: a SIGINT/SIGTERM during the task stops it even if a library swallowed the
     signal (:mod:`mmreg.interrupts`; the engine then keeps no result), warnings logged
-    while it runs are collected for its manifest (:mod:`mmreg.notices`), and a finished
-    task seals the files it wrote (:func:`mmreg.cache.seal`).
+    while it runs are collected for its manifest (:mod:`mmreg.notices`), a finished
+    task seals the files it wrote (:func:`mmreg.cache.seal`), and a task that raised leaves
+    its traceback in :data:`CRASH_REPORT`.
     """
 
     def wrap(function: Callable[..., Any]) -> Any:
@@ -59,9 +66,14 @@ def task(*, outputs: Sequence[str]) -> Callable[[Callable[..., Any]], Any]:
         # Pydra hashes the source of ``function`` (inspect follows __wrapped__).
         @functools.wraps(function)
         def run_task(*args: Any, **kwargs: Any) -> Any:
-            with interrupts_watched() as watch, notices.collecting():
-                outputs = function(*args, **kwargs)
-                raise_if_interrupted(watch)
+            try:
+                with interrupts_watched() as watch, notices.collecting():
+                    outputs = function(*args, **kwargs)
+                    raise_if_interrupted(watch)
+            except BaseException:
+                with contextlib.suppress(OSError):  # the report must never hide the error
+                    (Path.cwd() / CRASH_REPORT).write_text(traceback.format_exc())
+                raise
             seal(Path.cwd())
             return outputs
 

@@ -162,10 +162,10 @@ def test_participant_run_on_slurm(tmp_path: Path) -> None:
 
 def test_engine_failure_reason_finds_the_first_real_error(tmp_path: Path) -> None:
     """A failed job's reason comes from its files, not from Pydra's wrapping RuntimeErrors."""
-    import pickle
     import time
 
     from mmreg.bids_app.run import engine_failure_reason
+    from mmreg.tasks.define import CRASH_REPORT
 
     wrapped = RuntimeError(
         "Workflow job main failed with errors:\n\nJob 'subject(0)' errored:\n"
@@ -195,11 +195,10 @@ def test_engine_failure_reason_finds_the_first_real_error(tmp_path: Path) -> Non
         err,
     )
 
-    # A task's _error.pklz (a traceback inside the task) comes first.
-    pklz = tmp_path / "python-123" / "_error.pklz"
-    pklz.parent.mkdir()
-    traceback = ["Traceback (most recent call last):\n", "  File 'y'\n", "MemoryError: big\n"]
-    pklz.write_bytes(pickle.dumps({"error message": traceback}))
-    assert engine_failure_reason(wrapped, tmp_path, since=start) == ("MemoryError: big", pklz)
+    # The crash report of a task that raised (its traceback) comes first.
+    report = tmp_path / "python-123" / CRASH_REPORT
+    report.parent.mkdir()
+    report.write_text("Traceback (most recent call last):\n  File 'y'\nMemoryError: big\n")
+    assert engine_failure_reason(wrapped, tmp_path, since=start) == ("MemoryError: big", report)
     # ... but not when left over from an earlier run.
     assert engine_failure_reason(wrapped, tmp_path, since=start + 3600)[1] is None
