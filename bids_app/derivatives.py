@@ -30,15 +30,13 @@ from mmreg.records import PairRecord, ResultRow, SubjectOutcome
 
 LOGGER = logging.getLogger("mmreg.derivatives")
 
+#: The contract's columns that say which row this is and how it went (text).
+ROW_COLUMNS = ("subject", "session", "fixed", "moving", "method", "status", "error")
+#: The files a row points at (text): derivatives relative to OUTPUT_DIR, inputs as URIs.
+PATH_COLUMNS = ("warped", "transform", "fixed_image", "moving_image")
 #: Contract columns, in order; per-label and extra columns follow.
 CONTRACT_COLUMNS = (
-    "subject",
-    "session",
-    "fixed",
-    "moving",
-    "method",
-    "status",
-    "error",
+    *ROW_COLUMNS,
     "runtime_s",
     "initial_dice_mean",
     "dice_mean",

@@ -26,7 +26,12 @@ import pandas as pd
 from mmreg.atomic import atomic_path
 from mmreg.bids_app import naming
 from mmreg.bids_app.columns import write_data_dictionary
-from mmreg.bids_app.derivatives import CONTRACT_COLUMNS, order_columns
+from mmreg.bids_app.derivatives import (
+    CONTRACT_COLUMNS,
+    PATH_COLUMNS,
+    ROW_COLUMNS,
+    order_columns,
+)
 from mmreg.bids_app.query import is_bids_label
 from mmreg.errors import InputError
 from mmreg.reports.table1 import keypoint_errors, table1, table1_section
@@ -37,20 +42,7 @@ LOGGER = logging.getLogger("mmreg.group")
 SORT_KEYS = ("subject", "session", "fixed", "moving", "method")
 
 #: Columns read as text, so that labels such as ``01`` keep their leading zeros.
-TEXT_COLUMNS = (
-    "subject",
-    "session",
-    "fixed",
-    "moving",
-    "method",
-    "status",
-    "error",
-    "warnings",
-    "warped",
-    "transform",
-    "fixed_image",
-    "moving_image",
-)
+TEXT_COLUMNS = (*ROW_COLUMNS, "warnings", *PATH_COLUMNS)
 
 #: Grouping of ``group/summary.csv``.
 SUMMARY_KEYS = ("fixed", "moving", "method")
