@@ -32,6 +32,7 @@ sha256) and the per-stage training times.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -781,31 +782,14 @@ def train_segguided(
             generator = seed_everything(settings.seed + number)
             if number == 1:
                 saved = stage_augment(data, settings, progress)
-            elif number == 2:
-                saved = stage_source(
-                    nets,
-                    samples,
-                    data,
-                    settings,
-                    out=out,
-                    fingerprint=fingerprint,
-                    generator=generator,
-                    progress=progress,
-                )
-            elif number == 3:
-                saved = stage_adapt(
-                    nets,
-                    samples,
-                    data,
-                    settings,
-                    out=out,
-                    fingerprint=fingerprint,
-                    generator=generator,
-                    progress=progress,
-                )
             else:
-                saved = stage_register(
-                    nets,
+                # The training stages: the same data, settings and run context each.
+                stage: Callable[..., dict[str, Any]] = {
+                    2: functools.partial(stage_source, nets, samples),
+                    3: functools.partial(stage_adapt, nets, samples),
+                    4: functools.partial(stage_register, nets),
+                }[number]
+                saved = stage(
                     data,
                     settings,
                     out=out,
