@@ -107,7 +107,8 @@ def write_phantom_dataset(
     large_rotations: bool,
     generate: Callable[[int], _Subject],
     write_subject: Callable[[Path, Path, str, _Subject], None],
-    write_metadata: Callable[[Path, Path, list[list[Any]], dict[str, Any]], None],
+    write_raw_metadata: Callable[[Path, list[list[Any]], dict[str, Any]], None],
+    write_ground_truth_metadata: Callable[[Path], None],
     timings: dict[str, list[float]] | None = None,
 ) -> Path:
     """Generate and write every subject of a phantom dataset, then its metadata files.
@@ -120,8 +121,9 @@ def write_phantom_dataset(
         large_rotations: Likewise.
         generate: Subject seed -> phantom subject.
         write_subject: ``(bids_dir, ground_truth_dir, label, subject)``: its files.
-        write_metadata: ``(bids_dir, ground_truth_dir, participants rows, summary)``:
-            the dataset-level files, once every subject is written.
+        write_raw_metadata: ``(bids_dir, participants rows, summary)``: the raw
+            dataset's own files, once every subject is written.
+        write_ground_truth_metadata: ``(ground_truth_dir)``: those of the ground truth.
         timings: If given, receives ``generate_s`` and ``write_s`` per subject.
 
     Returns:
@@ -152,5 +154,6 @@ def write_phantom_dataset(
             timings.setdefault("generate_s", []).append(t1 - t0)
             timings.setdefault("write_s", []).append(time.perf_counter() - t1)
         rows.append([f"sub-{label}", sub_seed])
-    write_metadata(bids_dir, gt_dir, rows, summary)
+    write_raw_metadata(bids_dir, rows, summary)
+    write_ground_truth_metadata(gt_dir)
     return bids_dir

@@ -140,13 +140,6 @@ def _write_field(subject: BrainSubject, path: Path) -> None:
         nib.save(img, str(tmp))
 
 
-def _write_metadata(
-    bids_dir: Path, gt_dir: Path, rows: list[list[Any]], summary: dict[str, Any]
-) -> None:
-    _write_raw_metadata(bids_dir, rows, summary)
-    _write_ground_truth_metadata(gt_dir)
-
-
 def _write_subject(bids_dir: Path, gt_dir: Path, label: str, subject: BrainSubject) -> None:
     sub = f"sub-{label}"
     anat = bids_dir / sub / "anat"
@@ -230,5 +223,6 @@ def write_demo_dataset(
             sub_seed, max_rotation_deg=max_rotation_deg, large_rotations=large_rotations
         ),
         write_subject=_write_subject,
-        write_metadata=_write_metadata,
+        write_raw_metadata=_write_raw_metadata,
+        write_ground_truth_metadata=_write_ground_truth_metadata,
     )

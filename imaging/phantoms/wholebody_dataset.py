@@ -167,13 +167,6 @@ def _write_ground_truth_metadata(gt_dir: Path) -> None:
     write_text(gt_dir / ".bidsignore", "*_desc-landmarks.tsv\n*_xfm.json\n*_xfm.txt\n")
 
 
-def _write_metadata(
-    bids_dir: Path, gt_dir: Path, rows: list[list[Any]], summary: dict[str, Any]
-) -> None:
-    _write_raw_metadata(bids_dir, rows, summary)
-    _write_ground_truth_metadata(gt_dir)
-
-
 def _save(image: Image, path: Path, dtype: npt.DTypeLike) -> Path:
     """Write NIfTI like :func:`~mmreg.imaging.image.save_image`, but with fast gzip.
 
@@ -382,6 +375,7 @@ def write_wholebody_dataset(
         large_rotations=large_rotations,
         generate=lambda sub_seed: generate_wholebody_subject(sub_seed, settings=settings),
         write_subject=_write_subject,
-        write_metadata=_write_metadata,
+        write_raw_metadata=_write_raw_metadata,
+        write_ground_truth_metadata=_write_ground_truth_metadata,
         timings=timings,
     )
