@@ -189,8 +189,8 @@ class Config:
         if set(self.worker_args) - set(WORKER_ARG_KEYS):
             raise ValueError(f"worker_args keys must be among {WORKER_ARG_KEYS}")
 
-    def granularity_for(self, n_subjects: int | None) -> str:
-        """The job granularity in effect for a run of ``n_subjects`` (``None``: many).
+    def granularity_for(self, n_subjects: int) -> str:
+        """The job granularity in effect for a run of ``n_subjects``.
 
         ``auto`` is ``subject`` on SLURM (each job pays a queue wait and a fresh Python),
         and with the cf worker for a cohort: subjects then run side by side, each one's
@@ -213,8 +213,8 @@ class Config:
         if self.worker == "slurm":
             return "subject"
         per_process = 2 if self.nprocs <= 1 else 4
-        many = n_subjects is None or n_subjects >= per_process * max(1, self.nprocs)
-        return "subject" if self.worker == "cf" and many else "task"
+        cohort = n_subjects >= per_process * max(1, self.nprocs)
+        return "subject" if self.worker == "cf" and cohort else "task"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (tuples become lists)."""

@@ -168,7 +168,10 @@ class RunOptions:
 
     def inner(self) -> RunOptions:
         """These options as the inner workflow of a subject job sees them."""
-        return replace(self, granularity="task", cache_root="", inner_procs=0)
+        # Left out, the outer-only fields take their defaults.
+        return RunOptions.from_dict(
+            {k: v for k, v in self.to_dict().items() if k not in self.OUTER_ONLY}
+        )
 
 
 @dataclass(frozen=True)
